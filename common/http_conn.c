@@ -255,6 +255,10 @@ static int on_headers_complete(http_parser *p) {
   bt_http_conn_t *c = conn_of(p);
   if (head_append(c, "", 1))
     return -1;
+  if (p->http_major != 1) {
+    c->error_status = 505;
+    return -1;
+  }
   const bt_http_limits_t *lim = bt__http_server_limits(c->srv);
   /* A declared length over the limit is refused before the body is read. */
   if (p->content_length != ULLONG_MAX && p->content_length > lim->max_body_bytes) {
@@ -377,6 +381,9 @@ static void fail_parse(bt_http_conn_t *c) {
     return;
   case 503:
     fail_request(c, 503, "overloaded", "out of memory for the request");
+    return;
+  case 505:
+    fail_request(c, 505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are served");
     return;
   default:
     fail_request(c, 400, "bad_request", http_errno_description(HTTP_PARSER_ERRNO(&c->parser)));
