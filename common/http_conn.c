@@ -317,7 +317,7 @@ static int hexval(char ch) {
   return -1;
 }
 
-int bt__http_pct_decode(char *dst, const char *src, size_t len, bool plus_is_space) {
+int bt_http_pct_decode(char *dst, const char *src, size_t len, bool plus_is_space) {
   size_t o = 0;
   for (size_t i = 0; i < len; i++) {
     if (src[i] == '%') {
@@ -347,7 +347,7 @@ static int build_request(bt_http_conn_t *c) {
   bt_buf_reset(&c->scratch);
   if (bt_buf_reserve(&c->scratch, path_len + 1) != 0)
     return -1;
-  if (bt__http_pct_decode(c->scratch.data, url, path_len, false) < 0)
+  if (bt_http_pct_decode(c->scratch.data, url, path_len, false) < 0)
     return -1;
   r->conn = c;
   r->method = http_method_str((enum http_method)c->parser.method);

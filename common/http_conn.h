@@ -53,10 +53,6 @@ void bt__http_conn_close(bt_http_conn_t *c, const char *reason);
 /* The server started draining: close if idle, else close after the current response. */
 void bt__http_conn_drain(bt_http_conn_t *c);
 
-/* Percent-decodes src[0..len) into dst, which has room for len+1 bytes, and NUL-terminates it.
- * Returns the decoded length, or -1 on a malformed escape or an encoded NUL. */
-int bt__http_pct_decode(char *dst, const char *src, size_t len, bool plus_is_space);
-
 /* The connection's contract with its server (implemented in http_server.c). */
 const bt_http_limits_t *bt__http_server_limits(bt_http_server_t *srv);
 uv_loop_t *bt__http_server_loop(bt_http_server_t *srv);

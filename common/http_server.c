@@ -163,7 +163,7 @@ static bool match_route(const route_t *rt, bt_http_req_t *req, const char *raw, 
         return false;
       /* Decode into the scratch space reserved for this request. */
       char *dst = scratch->data + scratch->len;
-      int o = bt__http_pct_decode(dst, u, ulen, false);
+      int o = bt_http_pct_decode(dst, u, ulen, false);
       if (o < 0) {
         scratch->len = mark;
         return false;
@@ -272,7 +272,7 @@ int bt_http_req_query(const bt_http_req_t *req, const char *name, char *out, siz
       size_t vlen = len - nlen - 1;
       if (vlen >= outsz)
         return -1;
-      return bt__http_pct_decode(out, q + nlen + 1, vlen, true);
+      return bt_http_pct_decode(out, q + nlen + 1, vlen, true);
     }
     if (len == nlen && strncmp(q, name, nlen) == 0) {
       if (outsz == 0)

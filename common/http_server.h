@@ -90,6 +90,10 @@ void bt_http_respond_json(bt_http_req_t *req, int status, void *obj);
 void bt_http_respond_error(bt_http_req_t *req, int status, const char *code, const char *fmt, ...)
     BT_PRINTF(4, 5);
 
+/* Percent-decodes src[0..len) into dst, which has room for len+1 bytes, and NUL-terminates it.
+ * Returns the decoded length, or -1 on a malformed escape or an encoded NUL. */
+int bt_http_pct_decode(char *dst, const char *src, size_t len, bool plus_is_space);
+
 /* The status text for a code ("Not Found"). */
 const char *bt_http_status_text(int status);
 
