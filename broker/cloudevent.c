@@ -440,7 +440,8 @@ static int parse_binary(const bt_http_req_t *req, bt_arena_t *arena, broker_even
     else if (add_ext(ev, bt_arena_strdup(arena, name), value, 0, err))
       return -1;
   }
-  ev->datacontenttype = bt_arena_strdup(arena, bt_http_req_header(req, "content-type"));
+  const char *ct = bt_http_req_header(req, "content-type");
+  ev->datacontenttype = ct ? bt_arena_strdup(arena, ct) : NULL;
   if (req->body_len) {
     ev->data = bt_arena_strndup(arena, req->body, req->body_len);
     ev->data_len = req->body_len;
