@@ -1,0 +1,162 @@
+/* Shared librdkafka plumbing: configuration, callbacks into our logs, broker health and the
+ * loop bridge. Error and statistics callbacks are served from the bridged queue, so they run
+ * on the loop thread; only the log callback runs on librdkafka's own threads, which bt_log
+ * tolerates (one write per line). */
+#include "kafka_client.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "log.h"
+
+int bt_kafka_conf_set(rd_kafka_conf_t *conf, const char *name, const char *value,
+                      char *errstr) {
+  char why[200];
+  if (rd_kafka_conf_set(conf, name, value, why, sizeof why) == RD_KAFKA_CONF_OK)
+    return 0;
+  snprintf(errstr, 256, "kafka setting %s=%s: %s", name, value, why);
+  return BT_EINVAL;
+}
+
+static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
+  const bt_kafka_client_t *c = rd_kafka_opaque(rk);
+  /* librdkafka uses syslog levels. */
+  bt_log_level_t lvl = level <= 3 ? BT_LOG_ERROR : level == 4 ? BT_LOG_WARN
+                     : level <= 6 ? BT_LOG_INFO : BT_LOG_DEBUG;
+  bt_log(lvl, "librdkafka", "{s:s, s:s, s:s}", "client", c->kind, "facility", fac, "detail", buf);
+}
+
+static void set_up(bt_kafka_client_t *c, bool up, const char *why) {
+  if (c->up != up)
+    bt_log(up ? BT_LOG_INFO : BT_LOG_WARN, up ? "kafka connected" : "kafka unreachable",
+           "{s:s, s:s}", "client", c->kind, "reason", why);
+  c->up = up;
+}
+
+static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
+  bt_kafka_client_t *c = opaque;
+  if (err == RD_KAFKA_RESP_ERR__FATAL) {
+    char detail[256];
+    rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, detail, sizeof detail);
+    bt_log_error("kafka fatal error", "{s:s, s:s, s:s}", "client", c->kind, "error",
+                 rd_kafka_err2name(orig), "detail", detail);
+    c->fatal = true;
+    return;
+  }
+  if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
+    /* From now on only statistics or real traffic can prove a connection again. */
+    c->stats_seen = true;
+    set_up(c, false, reason);
+    return;
+  }
+  /* Other errors are transient (librdkafka retries them); connection failures repeat on
+   * every reconnect attempt, which its backoff already rate-limits. */
+  bt_log_warn("kafka error", "{s:s, s:s, s:s}", "client", c->kind, "error",
+              rd_kafka_err2name((rd_kafka_resp_err_t)err), "detail", reason);
+}
+
+/* Statistics list every broker with its connection state; one in state UP means requests
+ * can flow. Bootstrap entries count too: they are real connections. */
+static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque) {
+  bt_kafka_client_t *c = opaque;
+  json_t *root = json_loadb(json, len, 0, NULL);
+  json_t *brokers = json_object_get(root, "brokers");
+  if (json_is_object(brokers)) {
+    bool any_up = false;
+    const char *name;
+    json_t *b;
+    json_object_foreach(brokers, name, b) {
+      const char *state = json_string_value(json_object_get(b, "state"));
+      any_up = any_up || (state && strcmp(state, "UP") == 0);
+    }
+    c->stats_seen = true;
+    set_up(c, any_up, "statistics");
+  }
+  json_decref(root);
+  return 0; /* librdkafka frees json */
+}
+
+rd_kafka_conf_t *bt_kafka_client_conf(bt_kafka_client_t *c, const char *brokers,
+                                      uint32_t stats_interval_ms, char *errstr) {
+  rd_kafka_conf_t *conf = rd_kafka_conf_new();
+  char interval[16];
+  snprintf(interval, sizeof interval, "%u", stats_interval_ms ? stats_interval_ms : 1000);
+  if (bt_kafka_conf_set(conf, "bootstrap.servers", brokers, errstr) != 0 ||
+      bt_kafka_conf_set(conf, "statistics.interval.ms", interval, errstr) != 0) {
+    rd_kafka_conf_destroy(conf);
+    return NULL;
+  }
+  rd_kafka_conf_set_opaque(conf, c);
+  rd_kafka_conf_set_log_cb(conf, on_log);
+  rd_kafka_conf_set_error_cb(conf, on_error);
+  rd_kafka_conf_set_stats_cb(conf, on_stats);
+  return conf;
+}
+
+int bt_kafka_client_create(bt_kafka_client_t *c, bt_app_t *app, const char *kind,
+                           rd_kafka_type_t type, rd_kafka_conf_t *conf, char *errstr) {
+  c->app = app;
+  c->kind = kind;
+  c->rkq = NULL;
+  c->up = c->stats_seen = c->fatal = false;
+  char why[200];
+  c->rk = rd_kafka_new(type, conf, why, sizeof why);
+  if (!c->rk) {
+    rd_kafka_conf_destroy(conf); /* rd_kafka_new only takes it on success */
+    snprintf(errstr, 256, "kafka %s: %s", kind, why);
+    return BT_EINVAL;
+  }
+  return 0;
+}
+
+int bt_kafka_client_bridge(bt_kafka_client_t *c, rd_kafka_queue_t *rkq,
+                           bt_kafka_queue_serve_fn serve, void *arg) {
+  c->rkq = rkq;
+  return bt_kafka_queue_init(&c->queue, c->app->loop, rkq, serve, arg);
+}
+
+bool bt_kafka_client_ready(bt_kafka_client_t *c) {
+  /* Before the first statistics report, a cached controller id (timeout 0: no wait) shows
+   * that a metadata response arrived, i.e. a broker answered. */
+  if (!c->up && !c->stats_seen && rd_kafka_controllerid(c->rk, 0) >= 0)
+    set_up(c, true, "metadata");
+  return c->up && !c->fatal;
+}
+
+void bt_kafka_client_note_up(bt_kafka_client_t *c) {
+  if (!c->up)
+    set_up(c, true, "traffic");
+}
+
+void bt_kafka_client_close(bt_kafka_client_t *c, bt_kafka_queue_closed_fn closed) {
+  bt_kafka_queue_close(&c->queue, closed);
+}
+
+void bt_kafka_client_destroy(bt_kafka_client_t *c) {
+  /* Our queue reference must go before the handle it belongs to. */
+  if (c->rkq)
+    rd_kafka_queue_destroy(c->rkq);
+  rd_kafka_destroy(c->rk);
+}
+
+int bt_kafka_err(rd_kafka_resp_err_t err) {
+  switch (err) {
+  case RD_KAFKA_RESP_ERR_NO_ERROR: return 0;
+  case RD_KAFKA_RESP_ERR__QUEUE_FULL: return BT_EAGAIN;
+  case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
+  case RD_KAFKA_RESP_ERR__TIMED_OUT:
+  case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT: return BT_ETIMEDOUT;
+  case RD_KAFKA_RESP_ERR__PURGE_QUEUE:
+  case RD_KAFKA_RESP_ERR__PURGE_INFLIGHT:
+  case RD_KAFKA_RESP_ERR__DESTROY: return BT_ECANCELED;
+  case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+  case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+  case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART: return BT_ENOENT;
+  case RD_KAFKA_RESP_ERR__INVALID_ARG: return BT_EINVAL;
+  case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE: return BT_ERANGE;
+  case RD_KAFKA_RESP_ERR__TRANSPORT:
+  case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN: return BT_ENOTCONN;
+  default: return BT_EIO;
+  }
+}
