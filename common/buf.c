@@ -82,3 +82,21 @@ char *bt_buf_steal(bt_buf_t *b, size_t *len) {
   b->len = b->cap = 0;
   return p;
 }
+
+int bt_buf_append_json_string(bt_buf_t *b, const char *s) {
+  int rc = bt_buf_append(b, "\"", 1);
+  const char *run = s;
+  for (const char *p = s; rc == 0; p++) {
+    unsigned char c = (unsigned char)*p;
+    if (c >= 0x20 && c != '"' && c != '\\')
+      continue;
+    rc = bt_buf_append(b, run, (size_t)(p - run));
+    if (rc || c == '\0')
+      break;
+    rc = c == '"' ? bt_buf_append(b, "\\\"", 2)
+         : c == '\\' ? bt_buf_append(b, "\\\\", 2)
+                    : bt_buf_appendf(b, "\\u%04x", c);
+    run = p + 1;
+  }
+  return rc ? rc : bt_buf_append(b, "\"", 1);
+}

@@ -19,6 +19,9 @@ void bt_buf_reset(bt_buf_t *b);
 int bt_buf_reserve(bt_buf_t *b, size_t extra) BT_MUSTCHECK;
 int bt_buf_append(bt_buf_t *b, const void *p, size_t n) BT_MUSTCHECK;
 int bt_buf_appendf(bt_buf_t *b, const char *fmt, ...) BT_PRINTF(2, 3) BT_MUSTCHECK;
+/* Appends s as a quoted JSON string, escaping quotes, backslashes and control characters.
+ * (For hot paths that write JSON directly instead of building a jansson tree.) */
+int bt_buf_append_json_string(bt_buf_t *b, const char *s) BT_MUSTCHECK;
 /* Drops the first n bytes (n <= len). */
 void bt_buf_consume(bt_buf_t *b, size_t n);
 /* Takes ownership of the buffer's memory; the buffer is left empty. */
