@@ -115,15 +115,17 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
   rd_kafka_error_t *error = NULL;
   rd_kafka_resp_err_t aerr = 0;
   if (cooperative)
-    error = assign ? rd_kafka_incremental_assign(rk, parts) : rd_kafka_incremental_unassign(rk, parts);
+    error = assign ? rd_kafka_incremental_assign(rk, parts)
+                   : rd_kafka_incremental_unassign(rk, parts);
   else
     aerr = rd_kafka_assign(rk, assign ? parts : NULL);
   if (error) {
     aerr = rd_kafka_error_code(error);
     rd_kafka_error_destroy(error);
   }
-  bt_log(aerr ? BT_LOG_ERROR : BT_LOG_INFO, assign ? "kafka partitions assigned" : "kafka partitions revoked",
-         "{s:i, s:s}", "partitions", parts->cnt, "error", rd_kafka_err2name(aerr));
+  bt_log(aerr ? BT_LOG_ERROR : BT_LOG_INFO,
+         assign ? "kafka partitions assigned" : "kafka partitions revoked", "{s:i, s:s}",
+         "partitions", parts->cnt, "error", rd_kafka_err2name(aerr));
   if (assign && !aerr && (c->paused || c->state != CONSUMER_RUNNING))
     pause_list(c, parts, true);
 }
@@ -154,26 +156,17 @@ static void on_queue_closed(bt_kafka_queue_t *q) {
   free(c);
 }
 
-static bool serve_closing(bt_kafka_consumer_t *c) {
-  rd_kafka_event_t *ev = rd_kafka_queue_poll(c->c.rkq, 0);
-  if (ev) {
-    rd_kafka_event_destroy(ev); /* messages and errors: nobody takes them any more */
-    return true;
-  }
-  if (rd_kafka_consumer_closed(c->c.rk)) {
-    bt_log_info("kafka consumer closed", NULL);
-    bt_kafka_client_close(&c->c, on_queue_closed);
-  }
-  return false;
-}
-
 static bool serve(void *arg) {
   bt_kafka_consumer_t *c = arg;
-  if (c->state == CONSUMER_CLOSING)
-    return serve_closing(c);
+  /* consumer_poll also runs the rebalance and commit callbacks, the close's included. */
   rd_kafka_message_t *m = rd_kafka_consumer_poll(c->c.rk, 0);
-  if (!m)
+  if (!m) {
+    if (c->state == CONSUMER_CLOSING && rd_kafka_consumer_closed(c->c.rk)) {
+      bt_log_info("kafka consumer closed", NULL);
+      bt_kafka_client_close(&c->c, on_queue_closed);
+    }
     return false;
+  }
   if (m->err) {
     bt_log_warn("kafka consumer error", "{s:s, s:s}", "error", rd_kafka_err2name(m->err),
                 "detail", rd_kafka_message_errstr(m));
@@ -198,10 +191,6 @@ static void on_drain(bt_app_t *app, void *arg) {
 static void on_close(bt_app_t *app, void *arg) {
   bt_kafka_consumer_t *c = arg;
   set_state(c, CONSUMER_CLOSING);
-  if (c->holding) {
-    c->holding = false;
-    bt_app_release(app);
-  }
   /* The close runs on librdkafka's threads and reports on our queue; serve() finishes it. */
   rd_kafka_error_t *error = rd_kafka_consumer_close_queue(c->c.rk, c->c.rkq);
   if (error) {
@@ -216,6 +205,10 @@ static void on_close(bt_app_t *app, void *arg) {
 int bt_kafka_consumer_new(bt_kafka_consumer_t **out, bt_app_t *app,
                           const bt_kafka_consumer_config_t *cfg, bt_kafka_message_cb cb,
                           void *arg, char *errstr) {
+  if (!cfg->group_id || !*cfg->group_id || cfg->ntopics == 0) {
+    snprintf(errstr, 256, "kafka consumer: a group id and at least one topic are required");
+    return BT_EINVAL;
+  }
   bt_kafka_consumer_t *c = calloc(1, sizeof *c);
   if (!c)
     return BT_ENOMEM;
@@ -228,14 +221,15 @@ int bt_kafka_consumer_new(bt_kafka_consumer_t **out, bt_app_t *app,
     return BT_EINVAL;
   }
   char session[16];
-  snprintf(session, sizeof session, "%u", cfg->session_timeout_ms ? cfg->session_timeout_ms : 10000);
+  snprintf(session, sizeof session, "%u",
+           cfg->session_timeout_ms ? cfg->session_timeout_ms : 10000);
   /* No auto commit and no implicit offset store: an offset moves only through
    * bt_kafka_consumer_commit(), after the caller's own durable write. */
-  if (bt_kafka_conf_set(conf, "group.id", cfg->group_id ? cfg->group_id : "", errstr) != 0 ||
+  const char *reset = cfg->auto_offset_reset ? cfg->auto_offset_reset : "earliest";
+  if (bt_kafka_conf_set(conf, "group.id", cfg->group_id, errstr) != 0 ||
       bt_kafka_conf_set(conf, "enable.auto.commit", "false", errstr) != 0 ||
       bt_kafka_conf_set(conf, "enable.auto.offset.store", "false", errstr) != 0 ||
-      bt_kafka_conf_set(conf, "auto.offset.reset",
-                        cfg->auto_offset_reset ? cfg->auto_offset_reset : "earliest", errstr) != 0 ||
+      bt_kafka_conf_set(conf, "auto.offset.reset", reset, errstr) != 0 ||
       bt_kafka_conf_set(conf, "session.timeout.ms", session, errstr) != 0) {
     rd_kafka_conf_destroy(conf);
     free(c);

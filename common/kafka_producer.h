@@ -74,10 +74,11 @@ typedef struct bt_kafka_producer_stats {
 int bt_kafka_producer_new(bt_kafka_producer_t **out, bt_app_t *app,
                           const bt_kafka_producer_config_t *cfg, char *errstr) BT_MUSTCHECK;
 
-/* Enqueues one message. On 0, cb(d, opaque) runs exactly once later, never from inside this
- * call. On error cb never runs: BT_EAGAIN when the local queue is full (retry later or
- * answer 429), BT_ENOENT for an unknown topic or partition, BT_ERANGE for a message that is
- * too large, BT_EIO after a fatal producer error. */
+/* Enqueues one message (copied). On 0, cb(d, opaque) runs exactly once later, on the loop,
+ * never from inside this call. On error cb never runs: BT_EAGAIN when the local queue is full
+ * (retry later or answer 429), BT_ENOENT for an unknown topic or partition, BT_ERANGE for a
+ * message that is too large, BT_EIO after a fatal producer error, BT_ECANCELED once the
+ * app's close phase has begun, BT_ENOMEM. */
 int bt_kafka_producer_produce(bt_kafka_producer_t *p, const bt_kafka_record_t *rec,
                               bt_kafka_delivery_cb cb, void *opaque) BT_MUSTCHECK;
 

@@ -204,11 +204,11 @@ static void on_drain(bt_app_t *app, void *arg) {
 static void on_app_close(bt_app_t *app, void *arg) {
   bt_redis_t *r = arg;
   set_state(r, CONN_CLOSED);
-  update_hold(r);
   uv_timer_stop(&r->timer);
   if (r->resolving)
     uv_cancel((uv_req_t *)&r->gai); /* on_resolved still runs, with UV_ECANCELED */
-  /* Pending commands complete now with BT_ECANCELED; the drain normally left none. */
+  /* The drain waited for pending replies; any command sent since completes now with
+   * BT_ECANCELED. */
   if (r->ac)
     redisAsyncFree(r->ac);
   r->ac = NULL;

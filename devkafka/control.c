@@ -40,8 +40,8 @@ static bool int_param(bt_http_req_t *req, const char *name, long min, long max, 
   char *end;
   long v = s ? strtol(s, &end, 10) : 0;
   if (!s || !*s || *end || v < min || v > max) {
-    bt_http_respond_error(req, 400, "invalid_field", "path segment {%s} must be an integer in %ld..%ld",
-                          name, min, max);
+    bt_http_respond_error(req, 400, "invalid_field",
+                          "path segment {%s} must be an integer in %ld..%ld", name, min, max);
     return false;
   }
   *out = v;

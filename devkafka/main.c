@@ -117,7 +117,7 @@ int main(int argc, char **argv) {
     case 'c': control_port = parse_int("--control-port", optarg, 0, 65535); break;
     case 'F': control_file = optarg; break;
     case 'h': fputs(usage, stdout); return 0;
-    default: die_usage("", "unknown option");
+    default: fputs("(see --help)\n", stderr); return 2; /* getopt named the option */
     }
   }
   if (optind < argc)

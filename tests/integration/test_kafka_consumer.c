@@ -148,7 +148,9 @@ static void on_message(bt_kafka_consumer_t *c, const bt_kafka_message_t *m, void
     return;
   }
   int64_t *expect = &st.expect[m->partition];
-  int64_t want = *expect >= 0 ? *expect : st.committed[m->partition] >= 0 ? st.committed[m->partition] : 0;
+  /* The first message of a partition comes from its committed offset (or 0 if none). */
+  int64_t committed = st.committed[m->partition];
+  int64_t want = *expect >= 0 ? *expect : committed >= 0 ? committed : 0;
   if (m->offset != want)
     st.order_violations++;
   *expect = m->offset + 1;

@@ -1,0 +1,179 @@
+/* The service-outbox source of the relay: a table that a service writes in its own
+ * transactions, in its own database, drained into Kafka and emptied as Kafka acknowledges.
+ *
+ * The table (the README has the same DDL):
+ *
+ *   CREATE TABLE outbox (
+ *     position        bigserial PRIMARY KEY,
+ *     txid            xid8 NOT NULL DEFAULT pg_current_xact_id(),
+ *     topic           text NOT NULL,
+ *     key             text,            -- record key; NULL: partitionkey extension, else subject
+ *     id              text NOT NULL,   -- CloudEvents attributes
+ *     type            text NOT NULL,
+ *     source          text NOT NULL,
+ *     subject         text,
+ *     time            text,            -- RFC 3339
+ *     datacontenttype text,
+ *     data            bytea,           -- the record value
+ *     extensions      jsonb,           -- {"name": "value", ...}, each sent as ce_<name>
+ *     created_at      timestamptz NOT NULL DEFAULT now()
+ *   );
+ *
+ * plus the relay's lease, which it creates itself when it may (or a DBA creates up front):
+ *
+ *   CREATE TABLE outbox_lease (name text PRIMARY KEY, holder text, expires_at timestamptz NOT NULL);
+ *
+ * Gap safety. Here positions come from a sequence, taken by concurrent transactions that
+ * commit in any order: position 7 may become visible while position 6 is still uncommitted.
+ * A relay that kept a cursor ("position > 7") would skip 6 forever: the classic outbox bug.
+ * Two rules make that impossible and keep order:
+ *  - Rows are deleted once Kafka has acknowledged them, and there is no cursor: a row that
+ *    commits late is simply still in the table at the next round, so nothing is ever skipped.
+ *  - A round relays only rows whose transaction id is below the xmin of the current snapshot
+ *    (every transaction older than that has finished), in position order. A row is therefore
+ *    published only once every transaction that had already started writing when it was
+ *    written has committed or aborted, so rows of such earlier transactions, which usually
+ *    hold smaller positions, are published in the same round and before it, not after.
+ * Per-aggregate order (one key, one partition) holds when the service serialises writes per
+ * aggregate, as services do with a version column or a row lock: the second write's
+ * transaction then inserts its outbox row only after the first one committed, so it gets a
+ * larger position and is never visible without the first; delete-after-ack and the
+ * "delivered prefix" rule of the worker keep the first published before the second.
+ * A cost: xmin is cluster-wide, so a long-running transaction anywhere in that Postgres
+ * delays the outbox (never loses or reorders it); the lag metrics show it. */
+#include "relay_outbox.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "publish.h"
+
+/* Creating the lease table needs CREATE on the schema, which a service may not grant; checking
+ * first lets a DBA create it up front (with the DDL above) and grant the relay only DML. */
+static const char setup_sql[] =
+    "DO $$ BEGIN "
+    "IF to_regclass('outbox_lease') IS NULL THEN "
+    "PERFORM pg_advisory_xact_lock(hashtext('baton.outbox_lease.setup')); "
+    "IF to_regclass('outbox_lease') IS NULL THEN "
+    "CREATE TABLE outbox_lease (name text PRIMARY KEY, holder text, expires_at timestamptz NOT NULL); "
+    "END IF; END IF; END $$";
+static const char setup_lease_sql[] =
+    "INSERT INTO outbox_lease (name, holder, expires_at) VALUES ($1, NULL, 'epoch') "
+    "ON CONFLICT (name) DO NOTHING";
+
+/* The lag, both from the primary key's index: the span of positions still in the table (an
+ * upper bound on the rows waiting: rolled-back inserts leave holes) and the age of the
+ * lowest one. An empty table reads 0 and 0. */
+static const char lag_sql[] =
+    "SELECT coalesce(max(position) - min(position) + 1, 0), "
+    "coalesce((SELECT extract(epoch FROM now() - created_at) FROM outbox ORDER BY position LIMIT 1), 0) "
+    "FROM outbox";
+
+/* pg_current_snapshot() is this statement's snapshot, so "visible" and "below xmin" are
+ * judged at the same instant. See the comment at the top. */
+static const char read_sql[] =
+    "SELECT position, topic, key, id, source, type, subject, time, datacontenttype, data, "
+    "extensions::text FROM outbox "
+    "WHERE txid < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY position LIMIT $1";
+
+static const char ack_sql[] = "DELETE FROM outbox WHERE position = ANY ($1::bigint[])";
+
+enum { C_POSITION, C_TOPIC, C_KEY, C_ID, C_SOURCE, C_TYPE, C_SUBJECT, C_TIME,
+       C_DATACONTENTTYPE, C_DATA, C_EXTENSIONS };
+
+static size_t setup(relay_worker_t *w, relay_params_t *p, bt_pg_stmt_t *out, size_t max) {
+  BT_ASSERT(max >= 2);
+  p->v[0] = w->name;
+  out[0] = (bt_pg_stmt_t){setup_sql, 0, NULL};
+  out[1] = (bt_pg_stmt_t){setup_lease_sql, 1, p->v};
+  return 2;
+}
+
+static size_t read_stmts(relay_worker_t *w, relay_params_t *p, bt_pg_stmt_t *out) {
+  snprintf(p->buf[0], sizeof p->buf[0], "%zu", w->batch);
+  p->v[0] = p->buf[0];
+  out[0] = (bt_pg_stmt_t){lag_sql, 0, NULL};
+  out[1] = (bt_pg_stmt_t){read_sql, 1, p->v};
+  return 2;
+}
+
+static const char *col(const PGresult *res, int row, int c) {
+  return PQgetisnull(res, row, c) ? NULL : PQgetvalue(res, row, c);
+}
+
+static size_t on_read(relay_worker_t *w, const PGresult *const *res) {
+  const PGresult *lag = res[0], *rows = res[1];
+  if (PQntuples(lag) == 1) {
+    bt_gauge_set(&w->stats.lag_events, strtod(PQgetvalue(lag, 0, 0), NULL));
+    bt_gauge_set(&w->stats.lag_seconds, strtod(PQgetvalue(lag, 0, 1), NULL));
+  }
+  int n = PQntuples(rows);
+  for (int i = 0; i < n; i++) {
+    int64_t position = strtoll(PQgetvalue(rows, i, C_POSITION), NULL, 10);
+    const char *topic = PQgetvalue(rows, i, C_TOPIC);
+    char why[400];
+    if (!broker_topic_name_valid(topic)) {
+      snprintf(why, sizeof why, "topic '%.100s' is not a valid Kafka topic name", topic);
+      relay_worker_poison(w, position, why);
+      break;
+    }
+    broker_event_t ev = {
+        .id = PQgetvalue(rows, i, C_ID),
+        .source = PQgetvalue(rows, i, C_SOURCE),
+        .type = PQgetvalue(rows, i, C_TYPE),
+        .specversion = "1.0",
+        .subject = col(rows, i, C_SUBJECT),
+        .time = col(rows, i, C_TIME),
+        .datacontenttype = col(rows, i, C_DATACONTENTTYPE),
+    };
+    if (col(rows, i, C_DATA) && !(ev.data = relay_worker_bytea(w, col(rows, i, C_DATA), &ev.data_len))) {
+      relay_worker_poison(w, position, "data is not a hex bytea value (or out of memory)");
+      break;
+    }
+    if (relay_worker_extensions(w, &ev, col(rows, i, C_EXTENSIONS), NULL) != 0) {
+      relay_worker_poison(w, position, "extensions is not a JSON object of at most 32 members");
+      break;
+    }
+    /* A service wrote this row without our HTTP validation: hold it to the same CloudEvents
+     * rules as a published event rather than put a malformed record into Kafka. */
+    broker_parse_error_t perr;
+    if (broker_event_validate(&ev, 0, &perr) != 0) {
+      snprintf(why, sizeof why, "invalid CloudEvent (%s): %s", perr.attribute, perr.detail);
+      relay_worker_poison(w, position, why);
+      break;
+    }
+    const char *key = col(rows, i, C_KEY) ? col(rows, i, C_KEY) : broker_event_key(&ev, NULL);
+    if (relay_worker_produce(w, position, topic, key, &ev, NULL, 0) != 0)
+      break;
+  }
+  return (size_t)n;
+}
+
+/* Deletes exactly the delivered rows, by position: rows between them that this round did not
+ * read (their transaction was still above xmin) must stay. */
+static size_t ack(relay_worker_t *w, size_t n, relay_params_t *p, bt_pg_stmt_t *out) {
+  char *buf = bt_arena_alloc(&w->arena, n * 21 + 3);
+  BT_ASSERT(buf); /* the arena is unlimited; allocation failure is out of memory */
+  size_t len = 0;
+  buf[len++] = '{';
+  for (size_t i = 0; i < n; i++)
+    len += (size_t)sprintf(buf + len, "%s%lld", i ? "," : "", (long long)w->slots[i].position);
+  buf[len++] = '}';
+  buf[len] = '\0';
+  p->v[0] = buf;
+  out[0] = (bt_pg_stmt_t){ack_sql, 1, p->v};
+  return 1;
+}
+
+static const relay_source_ops_t outbox_ops = {
+    .setup = setup,
+    .lease_table = "outbox_lease",
+    .read = read_stmts,
+    .on_read = on_read,
+    .ack = ack,
+};
+
+int relay_outbox_init(relay_worker_t *w, broker_t *b, bt_pg_pool_t *pool, const char *name) {
+  return relay_worker_init(w, b, pool, true, &outbox_ops, NULL, name);
+}
