@@ -230,6 +230,8 @@ void bt__http_server_dispatch(bt_http_server_t *srv, bt_http_req_t *req) {
   bool path_matched = false;
   for (unsigned i = 0; i < srv->nroutes; i++) {
     route_t *rt = &srv->routes[i];
+    /* A route that matched the path but not the method left its parameters in scratch. */
+    c->scratch.len = decoded_path_len;
     if (!match_route(rt, req, url, raw_len, &c->scratch))
       continue;
     path_matched = true;

@@ -233,6 +233,11 @@ static bool collect(bt_pg_conn_t *c) {
     }
     after_null = false;
     ExecStatusType st = PQresultStatus(r);
+    if (c->skip_results > 0 && st != PGRES_PIPELINE_SYNC) {
+      c->skip_results--; /* the ROLLBACK sent ahead of the job */
+      PQclear(r);
+      continue;
+    }
     if (st == PGRES_PIPELINE_SYNC) {
       PQclear(r);
       finish(c);
@@ -369,6 +374,15 @@ void bt__pg_conn_send(bt_pg_conn_t *c, bt_pg_job_t *j) {
   BT_ASSERT(c->state == BT_PG_CONN_IDLE && !c->job);
   c->job = j;
   set_state(c, BT_PG_CONN_BUSY);
+  /* A job that failed inside its BEGIN block leaves the session in that aborted block: in
+   * pipeline mode the server skips the job's COMMIT, and Sync does not end an explicit block.
+   * Roll it back in the same pipeline, ahead of this job, and discard that result. */
+  c->skip_results = 0;
+  if (PQtransactionStatus(c->pg) == PQTRANS_INERROR || PQtransactionStatus(c->pg) == PQTRANS_INTRANS) {
+    if (!PQsendQueryParams(c->pg, "ROLLBACK", 0, NULL, NULL, NULL, NULL, 0))
+      return conn_break(c, "send", PQerrorMessage(c->pg));
+    c->skip_results = 1;
+  }
   for (size_t i = 0; i < j->ncmd; i++) {
     const bt_pg_stmt_t *s = &j->cmds[i];
     if (!PQsendQueryParams(c->pg, s->sql, s->nparams, NULL, s->values, NULL, NULL, 0))

@@ -50,6 +50,7 @@ typedef struct bt_pg_conn {
   uv_timer_t timer;
   bool timer_open;
   bt_pg_job_t *job;
+  unsigned skip_results; /* results to discard before the job's own (a ROLLBACK sent ahead) */
   unsigned fails;       /* consecutive failed attempts; drives the backoff */
   char errstr[256];     /* the last failure, one line */
 } bt_pg_conn_t;

@@ -264,6 +264,15 @@ static void test_batch_atomic(void **state) {
   assert_string_equal(bad.sqlstate, "23505");
   assert_non_null(strstr(bad.errmsg, "statement 57"));
 
+  /* The pool's only connection serves the next request normally: the failed batch's
+   * aborted transaction block does not leak into it. */
+  outcome_t next = {0};
+  const char *v[] = {"7"};
+  assert_int_equal(bt_pg_pool_query(p, "SELECT $1::int", 1, v, on_result, &next), 0);
+  assert_true(run_until(flag_set, &next.done, 10000));
+  assert_int_equal(next.err, 0);
+  assert_int_equal(next.first, 7);
+
   PGconn *c = pg_open();
   char sql[128];
   snprintf(sql, sizeof sql, "SELECT count(*) FROM %s", table);
