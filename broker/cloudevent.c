@@ -12,11 +12,8 @@
 
 #include "baton/v1/event.pb-c.h"
 
-static int fail(broker_parse_error_t *err, int status, const char *code, int index,
-                const char *attribute, const char *fmt, ...) BT_PRINTF(6, 7);
-
-static int fail(broker_parse_error_t *err, int status, const char *code, int index,
-                const char *attribute, const char *fmt, ...) {
+int broker_parse_fail(broker_parse_error_t *err, int status, const char *code, int index,
+                      const char *attribute, const char *fmt, ...) {
   err->status = status;
   err->code = code;
   err->index = index;
@@ -80,17 +77,17 @@ int broker_event_validate(const broker_event_t *ev, int index, broker_parse_erro
       {"specversion", ev->specversion}, {"id", ev->id}, {"source", ev->source}, {"type", ev->type}};
   for (size_t i = 0; i < BT_ARRAY_LEN(required); i++)
     if (!required[i].value || !*required[i].value)
-      return fail(err, 400, "invalid_event", index, required[i].name,
+      return broker_parse_fail(err, 400, "invalid_event", index, required[i].name,
                   "event %d: required attribute '%s' is missing or empty", index, required[i].name);
   if (strcmp(ev->specversion, "1.0") != 0)
-    return fail(err, 400, "invalid_event", index, "specversion",
+    return broker_parse_fail(err, 400, "invalid_event", index, "specversion",
                 "event %d: specversion must be \"1.0\", got \"%.40s\"", index, ev->specversion);
   if (ev->time && !broker_rfc3339_valid(ev->time))
-    return fail(err, 400, "invalid_event", index, "time",
+    return broker_parse_fail(err, 400, "invalid_event", index, "time",
                 "event %d: time \"%.60s\" is not an RFC 3339 timestamp", index, ev->time);
   for (unsigned i = 0; i < ev->next; i++)
     if (!ext_name_valid(ev->ext[i].name))
-      return fail(err, 400, "invalid_event", index, ev->ext[i].name,
+      return broker_parse_fail(err, 400, "invalid_event", index, ev->ext[i].name,
                   "event %d: extension name '%.64s' must be 1-64 lower-case letters or digits",
                   index, ev->ext[i].name);
   return 0;
@@ -116,7 +113,7 @@ const char *broker_event_key(const broker_event_t *ev, const char *fallback) {
 static int add_ext(broker_event_t *ev, const char *name, const char *value, int index,
                    broker_parse_error_t *err) {
   if (ev->next == BROKER_MAX_EXTENSIONS)
-    return fail(err, 400, "invalid_event", index, name, "event %d: more than %d extensions", index,
+    return broker_parse_fail(err, 400, "invalid_event", index, name, "event %d: more than %d extensions", index,
                 BROKER_MAX_EXTENSIONS);
   ev->ext[ev->next].name = name;
   ev->ext[ev->next].value = value;
@@ -204,7 +201,7 @@ int broker_event_from_json(json_t *obj, int index, bt_arena_t *arena, broker_eve
                            broker_parse_error_t *err) {
   memset(ev, 0, sizeof *ev);
   if (!json_is_object(obj))
-    return fail(err, 400, "invalid_event", index, "", "event %d: must be a JSON object", index);
+    return broker_parse_fail(err, 400, "invalid_event", index, "", "event %d: must be a JSON object", index);
   const char **slots[] = {&ev->id, &ev->source, &ev->type, &ev->specversion, &ev->subject,
                           &ev->time, &ev->datacontenttype, &ev->dataschema};
   json_t *data = NULL, *data_b64 = NULL;
@@ -227,11 +224,11 @@ int broker_event_from_json(json_t *obj, int index, bt_arena_t *arena, broker_eve
       continue; /* CloudEvents: a null attribute is an absent one */
     if (slot < BT_ARRAY_LEN(context_attrs)) {
       if (!json_is_string(val))
-        return fail(err, 400, "invalid_event", index, key, "event %d: attribute '%s' must be a string",
+        return broker_parse_fail(err, 400, "invalid_event", index, key, "event %d: attribute '%s' must be a string",
                     index, key);
       *slots[slot] = bt_arena_strndup(arena, json_string_value(val), json_string_length(val));
       if (!*slots[slot])
-        return fail(err, 413, "too_large", index, key, "event %d: request too large", index);
+        return broker_parse_fail(err, 413, "too_large", index, key, "event %d: request too large", index);
       continue;
     }
     /* Extensions carry strings, integers or booleans; in Kafka headers they are text. */
@@ -244,28 +241,28 @@ int broker_event_from_json(json_t *obj, int index, bt_arena_t *arena, broker_eve
     else if (json_is_boolean(val))
       text = json_is_true(val) ? "true" : "false";
     else
-      return fail(err, 400, "invalid_event", index, key,
+      return broker_parse_fail(err, 400, "invalid_event", index, key,
                   "event %d: extension '%.64s' must be a string, integer or boolean", index, key);
     const char *name = bt_arena_strdup(arena, key), *value = bt_arena_strdup(arena, text);
     if (!name || !value)
-      return fail(err, 413, "too_large", index, key, "event %d: request too large", index);
+      return broker_parse_fail(err, 413, "too_large", index, key, "event %d: request too large", index);
     if (add_ext(ev, name, value, index, err))
       return -1;
   }
   if (data && data_b64)
-    return fail(err, 400, "invalid_event", index, "data_base64",
+    return broker_parse_fail(err, 400, "invalid_event", index, "data_base64",
                 "event %d: data and data_base64 are mutually exclusive", index);
   if (data_b64) {
     if (!json_is_string(data_b64))
-      return fail(err, 400, "invalid_event", index, "data_base64",
+      return broker_parse_fail(err, 400, "invalid_event", index, "data_base64",
                   "event %d: data_base64 must be a string", index);
     size_t len = json_string_length(data_b64);
     unsigned char *out = bt_arena_alloc(arena, len + 1);
     if (!out)
-      return fail(err, 413, "too_large", index, "data_base64", "event %d: request too large", index);
+      return broker_parse_fail(err, 413, "too_large", index, "data_base64", "event %d: request too large", index);
     long n = b64_decode(json_string_value(data_b64), len, out);
     if (n < 0)
-      return fail(err, 400, "invalid_event", index, "data_base64",
+      return broker_parse_fail(err, 400, "invalid_event", index, "data_base64",
                   "event %d: data_base64 is not valid base64", index);
     ev->data = (const char *)out;
     ev->data_len = (size_t)n;
@@ -282,7 +279,7 @@ int broker_event_from_json(json_t *obj, int index, bt_arena_t *arena, broker_eve
         ev->datacontenttype = "application/json";
     }
     if (!ev->data)
-      return fail(err, 413, "too_large", index, "data", "event %d: request too large", index);
+      return broker_parse_fail(err, 413, "too_large", index, "data", "event %d: request too large", index);
   }
   return broker_event_validate(ev, index, err);
 }
@@ -330,26 +327,26 @@ static int parse_json_body(const bt_http_req_t *req, bool batch, bt_arena_t *are
   json_error_t jerr;
   json_t *doc = json_loadb(req->body, req->body_len, 0, &jerr);
   if (!doc)
-    return fail(err, 400, "invalid_json", -1, "", "body is not valid JSON: %s at line %d column %d",
+    return broker_parse_fail(err, 400, "invalid_json", -1, "", "body is not valid JSON: %s at line %d column %d",
                 jerr.text, jerr.line, jerr.column);
   int rc = 0;
   if (batch && !json_is_array(doc)) {
-    rc = fail(err, 400, "invalid_json", -1, "", "a cloudevents-batch+json body must be a JSON array");
+    rc = broker_parse_fail(err, 400, "invalid_json", -1, "", "a cloudevents-batch+json body must be a JSON array");
     goto out;
   }
   size_t n = batch ? json_array_size(doc) : 1;
   if (n == 0) {
-    rc = fail(err, 400, "empty_batch", -1, "", "the batch holds no events");
+    rc = broker_parse_fail(err, 400, "empty_batch", -1, "", "the batch holds no events");
     goto out;
   }
   if (n > max_events) {
-    rc = fail(err, 413, "batch_too_large", -1, "", "the batch holds %zu events; the limit is %zu", n,
+    rc = broker_parse_fail(err, 413, "batch_too_large", -1, "", "the batch holds %zu events; the limit is %zu", n,
               max_events);
     goto out;
   }
   *events = bt_arena_alloc(arena, n * sizeof **events);
   if (!*events) {
-    rc = fail(err, 413, "too_large", -1, "", "request too large");
+    rc = broker_parse_fail(err, 413, "too_large", -1, "", "request too large");
     goto out;
   }
   for (size_t i = 0; i < n && rc == 0; i++)
@@ -365,17 +362,17 @@ static int parse_protobuf(const bt_http_req_t *req, bt_arena_t *arena, size_t ma
   Baton__V1__EventBatch *b =
       baton__v1__event_batch__unpack(NULL, req->body_len, (const uint8_t *)req->body);
   if (!b)
-    return fail(err, 400, "invalid_protobuf", -1, "", "body is not a valid baton.v1.EventBatch");
+    return broker_parse_fail(err, 400, "invalid_protobuf", -1, "", "body is not a valid baton.v1.EventBatch");
   int rc = 0;
   if (b->n_events == 0 || b->n_events > max_events) {
-    rc = b->n_events == 0 ? fail(err, 400, "empty_batch", -1, "", "the batch holds no events")
-                          : fail(err, 413, "batch_too_large", -1, "",
+    rc = b->n_events == 0 ? broker_parse_fail(err, 400, "empty_batch", -1, "", "the batch holds no events")
+                          : broker_parse_fail(err, 413, "batch_too_large", -1, "",
                                  "the batch holds %zu events; the limit is %zu", b->n_events, max_events);
     goto out;
   }
   *events = bt_arena_alloc(arena, b->n_events * sizeof **events);
   if (!*events) {
-    rc = fail(err, 413, "too_large", -1, "", "request too large");
+    rc = broker_parse_fail(err, 413, "too_large", -1, "", "request too large");
     goto out;
   }
   for (size_t i = 0; i < b->n_events && rc == 0; i++) {
@@ -414,7 +411,7 @@ static int parse_binary(const bt_http_req_t *req, bt_arena_t *arena, broker_even
                         size_t *nevents, broker_parse_error_t *err) {
   broker_event_t *ev = bt_arena_alloc(arena, sizeof *ev);
   if (!ev)
-    return fail(err, 413, "too_large", -1, "", "request too large");
+    return broker_parse_fail(err, 413, "too_large", -1, "", "request too large");
   memset(ev, 0, sizeof *ev);
   const char **slots[] = {&ev->id, &ev->source, &ev->type, &ev->specversion, &ev->subject,
                           &ev->time, &ev->datacontenttype, &ev->dataschema};
@@ -427,7 +424,7 @@ static int parse_binary(const bt_http_req_t *req, bt_arena_t *arena, broker_even
     size_t vlen = strlen(req->headers[h].value);
     char *value = bt_arena_alloc(arena, vlen + 1);
     if (!value || bt_http_pct_decode(value, req->headers[h].value, vlen, false) < 0)
-      return fail(err, 400, "invalid_event", 0, name, "event 0: header ce-%s is not valid percent-encoding",
+      return broker_parse_fail(err, 400, "invalid_event", 0, name, "event 0: header ce-%s is not valid percent-encoding",
                   name);
     size_t slot = BT_ARRAY_LEN(context_attrs);
     for (size_t i = 0; i < BT_ARRAY_LEN(context_attrs); i++)
@@ -463,7 +460,7 @@ int broker_events_parse(const bt_http_req_t *req, bt_arena_t *arena, size_t max_
     return parse_protobuf(req, arena, max_events, events, nevents, err);
   if (bt_http_req_header(req, "ce-specversion"))
     return parse_binary(req, arena, events, nevents, err);
-  return fail(err, 415, "unsupported_media_type", -1, "",
+  return broker_parse_fail(err, 415, "unsupported_media_type", -1, "",
               "Content-Type %.100s is not accepted: use application/cloudevents+json, "
               "application/cloudevents-batch+json, application/x-protobuf, or binary mode "
               "with ce-* headers",

@@ -38,6 +38,11 @@ typedef struct broker_parse_error {
   char detail[256];
 } broker_parse_error_t;
 
+/* Fills err (detail from the printf-style fmt) and returns -1, for the parsers of every
+ * request format that shares broker_parse_error_t. */
+int broker_parse_fail(broker_parse_error_t *err, int status, const char *code, int index,
+                      const char *attribute, const char *fmt, ...) BT_PRINTF(6, 7);
+
 /* Parses the request body by its Content-Type into at most max_events events, allocated in
  * arena. Returns 0, or -1 with err filled. Nothing is kept from req after it returns. */
 int broker_events_parse(const bt_http_req_t *req, bt_arena_t *arena, size_t max_events,

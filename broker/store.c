@@ -65,21 +65,6 @@ static bool stream_name_valid(const char *s) {
   return true;
 }
 
-static int parse_fail(broker_parse_error_t *err, int status, const char *code, int index,
-                      const char *attribute, const char *fmt, ...) BT_PRINTF(6, 7);
-static int parse_fail(broker_parse_error_t *err, int status, const char *code, int index,
-                      const char *attribute, const char *fmt, ...) {
-  err->status = status;
-  err->code = code;
-  err->index = index;
-  snprintf(err->attribute, sizeof err->attribute, "%s", attribute ? attribute : "");
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err->detail, sizeof err->detail, fmt, ap);
-  va_end(ap);
-  return -1;
-}
-
 static int cmp_event_id(const void *x, const void *y) {
   const broker_event_t *const *a = x, *const *b = y;
   return strcmp((*a)->id, (*b)->id);
@@ -92,7 +77,7 @@ static int check_unique_ids(broker_event_t *events, size_t n, bt_arena_t *arena,
                             broker_parse_error_t *err) {
   const broker_event_t **sorted = bt_arena_alloc(arena, n * sizeof *sorted);
   if (!sorted)
-    return parse_fail(err, 413, "too_large", -1, NULL,
+    return broker_parse_fail(err, 413, "too_large", -1, NULL,
                       "the request needs more memory than allowed");
   for (size_t i = 0; i < n; i++)
     sorted[i] = &events[i];
@@ -101,7 +86,7 @@ static int check_unique_ids(broker_event_t *events, size_t n, bt_arena_t *arena,
     if (strcmp(sorted[i - 1]->id, sorted[i]->id) != 0)
       continue;
     int a = (int)(sorted[i - 1] - events), b = (int)(sorted[i] - events);
-    return parse_fail(err, 400, "duplicate_event_id", a > b ? a : b, "id",
+    return broker_parse_fail(err, 400, "duplicate_event_id", a > b ? a : b, "id",
                       "events %d and %d have the same id '%.64s'; ids must be unique in an append",
                       a < b ? a : b, a > b ? a : b, sorted[i]->id);
   }
@@ -119,7 +104,7 @@ static int parse_append(const char *body, size_t len, size_t max_events, bt_aren
   json_error_t jerr;
   json_t *doc = json_loadb(body, len, 0, &jerr);
   if (!doc)
-    return parse_fail(err, 400, "invalid_json", -1, NULL,
+    return broker_parse_fail(err, 400, "invalid_json", -1, NULL,
                       "the body is not JSON: %s (line %d, column %d)", jerr.text, jerr.line,
                       jerr.column);
   int rc = -1;
@@ -127,7 +112,7 @@ static int parse_append(const char *body, size_t len, size_t max_events, bt_aren
   const char *key;
   json_t *val;
   if (!json_is_object(doc)) {
-    parse_fail(err, 400, "invalid_body", -1, NULL,
+    broker_parse_fail(err, 400, "invalid_body", -1, NULL,
                "the body must be an object {\"expected_version\": ..., \"events\": [...]}");
     goto out;
   }
@@ -137,7 +122,7 @@ static int parse_append(const char *body, size_t len, size_t max_events, bt_aren
     } else if (strcmp(key, "events") == 0) {
       jevents = val;
     } else {
-      parse_fail(err, 400, "unknown_field", -1, NULL,
+      broker_parse_fail(err, 400, "unknown_field", -1, NULL,
                  "unknown field '%.64s' (expected \"expected_version\" and \"events\")", key);
       goto out;
     }
@@ -150,31 +135,31 @@ static int parse_append(const char *body, size_t len, size_t max_events, bt_aren
   } else if (json_is_integer(jexp) && json_integer_value(jexp) >= 0) {
     *expected = (int64_t)json_integer_value(jexp);
   } else {
-    parse_fail(err, 400, "invalid_expected_version", -1, NULL,
+    broker_parse_fail(err, 400, "invalid_expected_version", -1, NULL,
                "expected_version must be a version number >= 0, \"any\" or \"no_stream\"");
     goto out;
   }
   if (!json_is_array(jevents) || json_array_size(jevents) == 0) {
-    parse_fail(err, 400, "invalid_events", -1, NULL,
+    broker_parse_fail(err, 400, "invalid_events", -1, NULL,
                "\"events\" must be a non-empty array of CloudEvents");
     goto out;
   }
   size_t n = json_array_size(jevents);
   if (n > max_events) {
-    parse_fail(err, 413, "too_many_events", -1, NULL, "%zu events in one append; at most %zu", n,
+    broker_parse_fail(err, 413, "too_many_events", -1, NULL, "%zu events in one append; at most %zu", n,
                max_events);
     goto out;
   }
   broker_event_t *evs = bt_arena_alloc(arena, n * sizeof *evs);
   if (!evs) {
-    parse_fail(err, 413, "too_large", -1, NULL, "the request needs more memory than allowed");
+    broker_parse_fail(err, 413, "too_large", -1, NULL, "the request needs more memory than allowed");
     goto out;
   }
   for (size_t i = 0; i < n; i++) {
     if (broker_event_from_json(json_array_get(jevents, i), (int)i, arena, &evs[i], err) != 0)
       goto out;
     if (strlen(evs[i].id) > EVENT_ID_MAX) {
-      parse_fail(err, 400, "invalid_event", (int)i, "id", "event %zu: id is longer than %d bytes",
+      broker_parse_fail(err, 400, "invalid_event", (int)i, "id", "event %zu: id is longer than %d bytes",
                  i, EVENT_ID_MAX);
       goto out;
     }
