@@ -50,8 +50,10 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) 
     set_up(c, false, reason);
     return;
   }
-  /* Other errors are transient (librdkafka retries them); connection failures repeat on
-   * every reconnect attempt, which its backoff already rate-limits. */
+  /* Other errors are transient: librdkafka retries them. Connection failures are already
+   * in librdkafka's own log (facility FAIL); one line per failure is enough. */
+  if (err == RD_KAFKA_RESP_ERR__TRANSPORT || err == RD_KAFKA_RESP_ERR__RESOLVE)
+    return;
   bt_log_warn("kafka error", "{s:s, s:s, s:s}", "client", c->kind, "error",
               rd_kafka_err2name((rd_kafka_resp_err_t)err), "detail", reason);
 }

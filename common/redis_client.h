@@ -1,6 +1,7 @@
 /* bt_redis_t: one hiredis async connection on the loop, reconnected with backoff, with
  * single commands and pipelined batches. Commands issued while disconnected fail at once
- * with BT_ENOTCONN (no queueing: the caller decides whether to retry or answer 503). */
+ * with BT_ENOTCONN (no queueing: the caller decides whether to retry or answer 503).
+ * Request/reply commands only: SUBSCRIBE and MONITOR are not supported. */
 #ifndef BT_REDIS_CLIENT_H
 #define BT_REDIS_CLIENT_H
 
