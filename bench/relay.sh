@@ -12,12 +12,9 @@
 # on; Redis; baton-devkafka) in .run-bench-relay/ and one broker with default settings, and
 # stops them at the end. The last line is one JSON object.
 #
-# devkafka runs librdkafka's mock cluster, which leaves Nagle's algorithm on for its broker
-# sockets where a real Kafka broker turns it off; any produce spanning 3+ partitions of one
-# broker then waits up to 40 ms for a delayed ACK. By default the stack starts with
-# bench/relay_nodelay.c preloaded, which sets TCP_NODELAY as Kafka does;
-# BENCH_RELAY_DEVKAFKA_NODELAY=0 measures the unmodified devkafka ("devkafka_nodelay" in the
-# JSON says which).
+# devkafka sets TCP_NODELAY on its broker sockets as a real Kafka broker does
+# (devkafka/nodelay.c); without it every produce spanning several partitions of one broker
+# would wait up to 40 ms for a delayed ACK.
 #
 # usage: bench/relay.sh [SECS (10)] [THREADS (64)]
 set -euo pipefail
@@ -37,8 +34,6 @@ mkdir -p "$BUILD/bench"
 # shellcheck disable=SC2046
 cc -O2 -Wall -Wextra -o "$BUILD/bench/relay_load" "$ROOT/bench/relay_load.c" \
   $(pkg-config --cflags --libs rdkafka) -lpthread
-cc -O2 -Wall -Wextra -shared -fPIC -o "$BUILD/bench/relay_nodelay.so" "$ROOT/bench/relay_nodelay.c" -ldl
-NODELAY=${BENCH_RELAY_DEVKAFKA_NODELAY:-1}
 
 export BATON_DEV_RUN_DIR=$RUN BATON_DEV_AUTO_PORTS=1 BATON_DEV_FAST_PG=0 BATON_DEV_PG_FRESH=1 \
   BATON_BUILD_DIR=$BUILD BATON_DEV_KAFKA_TOPICS=bench.events:8,benchmax.events:8,benchbase.events:8
@@ -51,12 +46,7 @@ cleanup() {
   "$ROOT/dev" stack-down >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
-if [[ "$NODELAY" == 1 ]]; then
-  # Inherited by everything stack-up starts; Postgres and Redis set TCP_NODELAY themselves.
-  LD_PRELOAD="$BUILD/bench/relay_nodelay.so" "$ROOT/dev" stack-up
-else
-  "$ROOT/dev" stack-up
-fi
+"$ROOT/dev" stack-up
 set -a
 # shellcheck disable=SC1091
 . "$RUN/env"
@@ -98,7 +88,7 @@ get() { printf '%s\n' "$OUT" | awk -v k="$1" '$1 == k {print $2}'; }
 P50=$(get relay_p50_ms) P99=$(get relay_p99_ms) BP50=$(get baseline_p50_ms) BP99=$(get baseline_p99_ms)
 MISSING=$(get relay_missing)
 RATIO=$(awk -v a="$P99" -v b="$BP99" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "null" }')
-printf '{"bench":"relay","ours":%s,"baseline":%s,"ratio":%s,"target":50,"unit":"ms (p99, append 201 -> readable in Kafka)","p50":%s,"p99":%s,"max_ms":%s,"baseline_p50":%s,"baseline_p99":%s,"rate_per_s":%s,"max_append_rate_per_s":%s,"events":%s,"not_seen":%s,"relay_published":%s,"broker_peak_rss_kb":%s,"postgres":"%s","devkafka_nodelay":%s,"meets_target":%s}\n' \
+printf '{"bench":"relay","ours":%s,"baseline":%s,"ratio":%s,"target":50,"unit":"ms (p99, append 201 -> readable in Kafka)","p50":%s,"p99":%s,"max_ms":%s,"baseline_p50":%s,"baseline_p99":%s,"rate_per_s":%s,"max_append_rate_per_s":%s,"events":%s,"not_seen":%s,"relay_published":%s,"broker_peak_rss_kb":%s,"postgres":"%s","meets_target":%s}\n' \
   "$P99" "$BP99" "$RATIO" "$P50" "$P99" "$(get relay_max_ms)" "$BP50" "$BP99" "$(get rate)" \
   "$(get max_append_rate)" "$(get appended)" "${MISSING:-null}" "${PUBLISHED:-null}" "${RSS_KB:-0}" \
-  "$DURABILITY" "$([[ $NODELAY == 1 ]] && echo true || echo false)" "$(awk -v a="$P99" 'BEGIN { print (a < 50) ? "true" : "false" }')"
+  "$DURABILITY" "$(awk -v a="$P99" 'BEGIN { print (a < 50) ? "true" : "false" }')"
