@@ -12,8 +12,10 @@ const bt_config_var_t *broker_config_vars(broker_t *b, size_t *n) {
       {"BATON_KAFKA_DELIVERY_TIMEOUT", BT_CFG_DURATION, "30s", 1000, 3600000, 0, NULL,
        "A record not acknowledged by Kafka (acks=all) within this fails; publish answers 503.",
        &c->kafka_delivery_timeout_ms},
-      {"BATON_KAFKA_LINGER", BT_CFG_DURATION, "2ms", 0, 1000, 0, NULL,
-       "How long the producer waits to fill a batch.", &c->kafka_linger_ms},
+      {"BATON_KAFKA_LINGER", BT_CFG_DURATION, "0ms", 0, 1000, 0, NULL,
+       "How long the producer waits to fill a batch. 0 sends at once; records that arrive "
+       "while earlier ones are in flight still travel together.",
+       &c->kafka_linger_ms},
       {"BATON_BROKER_TOPICS", BT_CFG_STRING, NULL, 0, 0, 0, NULL,
        "Topics publish may write: comma-separated names, or prefixes ending in '*'. Unset: any "
        "valid topic name. Others answer 403.",

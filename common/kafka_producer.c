@@ -107,7 +107,7 @@ int bt_kafka_producer_new(bt_kafka_producer_t **out, bt_app_t *app,
   snprintf(maxmsgs, sizeof maxmsgs, "%u",
            cfg->queue_max_messages ? cfg->queue_max_messages : 100000);
   snprintf(maxkb, sizeof maxkb, "%u", cfg->queue_max_kbytes ? cfg->queue_max_kbytes : 65536);
-  snprintf(linger, sizeof linger, "%u", cfg->linger_ms ? cfg->linger_ms : 5);
+  snprintf(linger, sizeof linger, "%u", cfg->linger_ms);
   /* Idempotence keeps per-partition order and drops broker-side duplicates from retries;
    * with acks=all an ack means every in-sync replica has the record. */
   if (bt_kafka_conf_set(conf, "enable.idempotence", "true", errstr) != 0 ||

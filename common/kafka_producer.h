@@ -19,7 +19,7 @@ typedef struct bt_kafka_producer_config {
   uint32_t delivery_timeout_ms;   /* message.timeout.ms: a report errs after this; 0 = 30000 */
   uint32_t queue_max_messages;    /* local queue bound in messages; 0 = 100000 */
   uint32_t queue_max_kbytes;      /* local queue bound in KiB; 0 = 65536 */
-  uint32_t linger_ms;             /* batching delay; 0 = 5 */
+  uint32_t linger_ms;             /* batching delay; 0 sends at once */
   uint32_t stats_interval_ms;     /* broker health refresh; 0 = 1000 */
 } bt_kafka_producer_config_t;
 
