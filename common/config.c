@@ -197,7 +197,8 @@ void bt_config_log(const bt_config_var_t *vars, size_t n) {
       snprintf(shown, sizeof shown, "%s", raw);
     json_object_set_new(cfg, v->name, json_string(shown));
   }
-  bt_log(BT_LOG_INFO, "effective configuration", "{s:o}", "config", cfg);
+  bt_log(BT_LOG_INFO, "effective configuration", "{s:O}", "config", cfg);
+  json_decref(cfg);
 }
 
 void bt_config_warn_unknown(const bt_config_var_t *vars, size_t n) {

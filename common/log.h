@@ -12,7 +12,9 @@ int bt_log_level_parse(const char *s, bt_log_level_t *out);
 
 /* Writes one line. `fields` is a jansson json_pack() format for an object, such as
  * "{s:s, s:i}", followed by its arguments; NULL for no extra fields. Never fails loudly:
- * a bad format drops the fields, not the line. */
+ * a bad format drops the fields, not the line. Pass JSON values with "O" (borrowed), never
+ * "o": a line below the minimum level is dropped before packing, so a stolen reference would
+ * leak. */
 void bt_log(bt_log_level_t level, const char *msg, const char *fields, ...);
 
 #define bt_log_info(msg, ...) bt_log(BT_LOG_INFO, msg, __VA_ARGS__)
