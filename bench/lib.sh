@@ -27,7 +27,7 @@ bench_cleanup() {
   for pid in "${BENCH_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${BENCH_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   if [[ -n "${BENCH_RUN:-}" ]]; then
-    (cd "$ROOT" && BATON_DEV_RUN_DIR=$BENCH_RUN ./dev stack-down >&2) || true
+    (cd "$ROOT" && BATON_DEV_RUN_DIR=$BENCH_RUN ./dev stack-down >/dev/null 2>&1) || true
     rm -rf "$BENCH_RUN"
   fi
 }

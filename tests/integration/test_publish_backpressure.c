@@ -103,6 +103,23 @@ static void test_flood_with_kafka_down(void **state) {
   for (int i = 0; i < THREADS; i++)
     pthread_join(t[i], NULL);
   long rss = peak_rss_kb(pid);
+  /* One more request while Kafka is still down: 503 past the delivery timeout, with
+   * Retry-After, and the answer names the record that failed. */
+  {
+    char purl[256];
+    snprintf(purl, sizeof purl, "http://127.0.0.1:%d/v1/topics/%s/events", port, topic);
+    const char *ev = "{\"specversion\":\"1.0\",\"id\":\"late-1\",\"source\":\"/bp\",\"type\":\"t\"}";
+    bt_test_http_resp_t lr;
+    assert_int_equal(bt_test_http("POST", purl, "Content-Type: application/cloudevents+json\r\n", ev,
+                                  strlen(ev), &lr), 0);
+    char retry[16] = "";
+    assert_int_equal(lr.status, 503);
+    assert_int_equal(bt_test_http_header(&lr, "retry-after", retry, sizeof retry), 0);
+    assert_string_equal(retry, "1");
+    assert_non_null(strstr(lr.body, "\"id\":\"late-1\""));
+    assert_non_null(strstr(lr.body, "delivery_failed"));
+    bt_test_http_free(&lr);
+  }
   /* Readiness reflects the lost dependency while Kafka is down. */
   bt_test_http_resp_t r;
   snprintf(url, sizeof url, "http://127.0.0.1:%d/readyz", port);
