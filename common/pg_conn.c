@@ -4,7 +4,9 @@
  * BT_ECONNRESET, because the COMMIT may or may not have run. */
 #include "pg_conn.h"
 
+#include <arpa/inet.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "log.h"
@@ -12,7 +14,10 @@
 #define BIT(s) (1u << (s))
 
 static const unsigned legal_next[] = {
-    [BT_PG_CONN_BACKOFF] = BIT(BT_PG_CONN_CONNECTING) | BIT(BT_PG_CONN_CLOSING),
+    [BT_PG_CONN_BACKOFF] =
+        BIT(BT_PG_CONN_RESOLVING) | BIT(BT_PG_CONN_CONNECTING) | BIT(BT_PG_CONN_CLOSING),
+    [BT_PG_CONN_RESOLVING] =
+        BIT(BT_PG_CONN_CONNECTING) | BIT(BT_PG_CONN_BROKEN) | BIT(BT_PG_CONN_CLOSING),
     [BT_PG_CONN_CONNECTING] =
         BIT(BT_PG_CONN_IDLE) | BIT(BT_PG_CONN_BROKEN) | BIT(BT_PG_CONN_CLOSING),
     [BT_PG_CONN_IDLE] = BIT(BT_PG_CONN_BUSY) | BIT(BT_PG_CONN_BROKEN) | BIT(BT_PG_CONN_CLOSING),
@@ -25,6 +30,7 @@ static const unsigned legal_next[] = {
 const char *bt__pg_conn_state_name(bt_pg_conn_state_t s) {
   switch (s) {
   case BT_PG_CONN_BACKOFF: return "backoff";
+  case BT_PG_CONN_RESOLVING: return "resolving";
   case BT_PG_CONN_CONNECTING: return "connecting";
   case BT_PG_CONN_IDLE: return "idle";
   case BT_PG_CONN_BUSY: return "busy";
@@ -147,8 +153,32 @@ static void on_notice(void *arg, const PGresult *res) {
          sev ? sev : "", "detail", msg ? msg : "");
 }
 
-static void connect_start(bt_pg_conn_t *c) {
-  c->pg = PQconnectStart(c->cfg->dsn);
+/* Starts libpq's connection. With hostaddr (the resolved addresses, comma-separated, and the
+ * host name repeated once per address as libpq requires), libpq connects without resolving;
+ * the host name still serves TLS verification and .pgpass. */
+static void connect_start(bt_pg_conn_t *c, const char *host, const char *hostaddr) {
+  if (hostaddr) {
+    size_t naddr = 1;
+    for (const char *p = hostaddr; *p; p++)
+      naddr += *p == ',';
+    size_t hlen = strlen(host);
+    char *hosts = malloc(naddr * (hlen + 1));
+    if (!hosts) {
+      set_state(c, BT_PG_CONN_CONNECTING);
+      return conn_break(c, "connect", "out of memory");
+    }
+    for (size_t i = 0; i < naddr; i++) {
+      memcpy(hosts + i * (hlen + 1), host, hlen);
+      hosts[i * (hlen + 1) + hlen] = i + 1 < naddr ? ',' : '\0';
+    }
+    /* expand_dbname: the DSN given as dbname expands first, the later keywords override it. */
+    const char *const keys[] = {"dbname", "host", "hostaddr", NULL};
+    const char *const vals[] = {c->cfg->dsn, hosts, hostaddr, NULL};
+    c->pg = PQconnectStartParams(keys, vals, 1);
+    free(hosts);
+  } else {
+    c->pg = PQconnectStart(c->cfg->dsn);
+  }
   set_state(c, BT_PG_CONN_CONNECTING);
   if (!c->pg)
     return conn_break(c, "connect", "out of memory");
@@ -309,7 +339,7 @@ static void on_poll(uv_poll_t *h, int status, int events) {
 }
 
 static void maybe_closed(bt_pg_conn_t *c) {
-  if (!c->timer_open && c->poll_state == POLL_NONE) {
+  if (!c->timer_open && c->poll_state == POLL_NONE && !c->gai_pending) {
     set_state(c, BT_PG_CONN_CLOSED);
     bt__pg_pool_conn_closed(c->pool);
   }
@@ -341,10 +371,63 @@ static void on_poll_closed(uv_handle_t *h) {
   }
 }
 
+static void maybe_closed(bt_pg_conn_t *c);
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+  bt_pg_conn_t *c = req->data;
+  c->gai_pending = false;
+  if (c->state == BT_PG_CONN_CLOSING) { /* the pool closed meanwhile */
+    uv_freeaddrinfo(res);
+    return maybe_closed(c);
+  }
+  BT_ASSERT(c->state == BT_PG_CONN_RESOLVING);
+  char addrs[512] = "";
+  size_t len = 0;
+  for (struct addrinfo *ai = status == 0 ? res : NULL; ai; ai = ai->ai_next) {
+    char ip[INET6_ADDRSTRLEN] = "";
+    if (ai->ai_family == AF_INET)
+      uv_ip4_name((struct sockaddr_in *)ai->ai_addr, ip, sizeof ip);
+    else if (ai->ai_family == AF_INET6)
+      uv_ip6_name((struct sockaddr_in6 *)ai->ai_addr, ip, sizeof ip);
+    if (!*ip || strstr(addrs, ip) || len + strlen(ip) + 2 > sizeof addrs)
+      continue; /* getaddrinfo repeats an address per socket type */
+    len += (size_t)snprintf(addrs + len, sizeof addrs - len, "%s%s", len ? "," : "", ip);
+  }
+  uv_freeaddrinfo(res);
+  if (status < 0 || len == 0) {
+    set_state(c, BT_PG_CONN_BROKEN);
+    set_err(c, "resolve", status < 0 ? uv_strerror(status) : "no address");
+    bt_log(c->fails == 0 ? BT_LOG_WARN : BT_LOG_DEBUG, "pg connect failed",
+           "{s:s, s:i, s:s, s:i}", "pool", c->cfg->name, "conn", (int)c->id, "reason", c->errstr,
+           "attempt", (int)c->fails + 1);
+    return backoff(c);
+  }
+  connect_start(c, bt__pg_pool_host_to_resolve(c->pool), addrs);
+}
+
+/* The next attempt: resolve the host first when libpq would otherwise block doing it. The
+ * resolver's own timeouts bound the lookup; the connect timeout starts with the connection. */
+static void attempt(bt_pg_conn_t *c) {
+  const char *host = bt__pg_pool_host_to_resolve(c->pool);
+  if (!host)
+    return connect_start(c, NULL, NULL);
+  set_state(c, BT_PG_CONN_RESOLVING);
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+  c->gai.data = c;
+  int rc = uv_getaddrinfo(c->loop, &c->gai, on_resolved, host, NULL, &hints);
+  if (rc == 0) {
+    c->gai_pending = true;
+    return;
+  }
+  set_state(c, BT_PG_CONN_BROKEN);
+  set_err(c, "resolve", uv_strerror(rc));
+  backoff(c);
+}
+
 static void on_timer(uv_timer_t *t) {
   bt_pg_conn_t *c = t->data;
   switch (c->state) {
-  case BT_PG_CONN_BACKOFF: return connect_start(c);
+  case BT_PG_CONN_BACKOFF: return attempt(c);
   case BT_PG_CONN_CONNECTING: return conn_break(c, "connect", "timed out");
   default: bug_state(c, "timer");
   }
@@ -401,6 +484,8 @@ void bt__pg_conn_send(bt_pg_conn_t *c, bt_pg_job_t *j) {
 void bt__pg_conn_close(bt_pg_conn_t *c) {
   snprintf(c->errstr, sizeof c->errstr, "the pool was closed");
   set_state(c, BT_PG_CONN_CLOSING);
+  if (c->gai_pending) /* its callback still runs (cancelled or not) and ends the close */
+    uv_cancel((uv_req_t *)&c->gai);
   uv_close((uv_handle_t *)&c->timer, on_timer_closed);
   if (c->poll_state == POLL_NONE) {
     bt_pg_job_t *j = drop(c);

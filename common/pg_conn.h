@@ -29,6 +29,7 @@ typedef struct bt_pg_job {
 
 typedef enum {
   BT_PG_CONN_BACKOFF,    /* no socket; the timer starts the next attempt */
+  BT_PG_CONN_RESOLVING,  /* the DSN's host name is being resolved off the loop (uv_getaddrinfo) */
   BT_PG_CONN_CONNECTING, /* PQconnectPoll in progress; the timer is the connect timeout */
   BT_PG_CONN_IDLE,       /* connected, in pipeline mode, no job */
   BT_PG_CONN_BUSY,       /* a job is in flight (or its callback is running) */
@@ -51,6 +52,8 @@ typedef struct bt_pg_conn {
   bool timer_open;
   bt_pg_job_t *job;
   unsigned skip_results; /* results to discard before the job's own (a ROLLBACK sent ahead) */
+  uv_getaddrinfo_t gai; /* the host lookup of a RESOLVING attempt */
+  bool gai_pending;     /* gai's callback has not run yet: the memory must stay */
   unsigned fails;       /* consecutive failed attempts; drives the backoff */
   char errstr[256];     /* the last failure, one line */
 } bt_pg_conn_t;
@@ -73,5 +76,9 @@ void bt__pg_pool_conn_state(bt_pg_pool_t *p, bt_pg_conn_t *c, bt_pg_conn_state_t
 void bt__pg_pool_job_done(bt_pg_pool_t *p, bt_pg_job_t *j, int err, const char *errmsg);
 /* A connection reached CLOSED; it must not be touched afterwards: the pool may free it. */
 void bt__pg_pool_conn_closed(bt_pg_pool_t *p);
+/* The DSN's host name when it must be resolved before connecting (one host name, no
+ * hostaddr, not an IP literal or a socket directory), else NULL. libpq would resolve it with
+ * a blocking getaddrinfo() inside PQconnectStart, on the loop, at every reconnect. */
+const char *bt__pg_pool_host_to_resolve(bt_pg_pool_t *p);
 
 #endif

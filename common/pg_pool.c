@@ -3,6 +3,8 @@
  * through bt__pg_pool_job_done, the only place that calls a caller's callback. */
 #include "pg_pool.h"
 
+#include <arpa/inet.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,7 +29,29 @@ struct bt_pg_pool {
   bool timer_open;
   bt_app_t *app;
   bool draining, holding, closing;
+  char *resolve_host; /* see bt__pg_pool_host_to_resolve */
 };
+
+const char *bt__pg_pool_host_to_resolve(bt_pg_pool_t *p) { return p->resolve_host; }
+
+/* A host libpq would have to look up itself: one name (not a list), no hostaddr given, not an
+ * IP literal and not a Unix socket directory. */
+static char *host_needing_lookup(const PQconninfoOption *opts) {
+  const char *host = NULL, *hostaddr = NULL;
+  for (const PQconninfoOption *o = opts; o->keyword; o++) {
+    if (strcmp(o->keyword, "host") == 0)
+      host = o->val;
+    else if (strcmp(o->keyword, "hostaddr") == 0)
+      hostaddr = o->val;
+  }
+  if (!host || !*host || (hostaddr && *hostaddr) || host[0] == '/' || host[0] == '@' ||
+      strchr(host, ','))
+    return NULL;
+  unsigned char buf[sizeof(struct in6_addr)];
+  if (inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1)
+    return NULL;
+  return strdup(host);
+}
 
 void bt_pg_stats_register(bt_pg_stats_t *s, const char *pool) {
   static const char *const base[] = {"baton_pg_connections",    "baton_pg_queued",
@@ -264,6 +288,7 @@ static void maybe_free(bt_pg_pool_t *p) {
   free(p->conns);
   free((char *)p->cfg.dsn);
   free((char *)p->cfg.name);
+  free(p->resolve_host);
   free(p);
 }
 
@@ -291,11 +316,15 @@ int bt_pg_pool_new(bt_pg_pool_t **out, uv_loop_t *loop, const bt_pg_pool_config_
     PQfreemem(why);
     return BT_EINVAL;
   }
+  char *resolve_host = host_needing_lookup(opts);
   PQconninfoFree(opts);
 
   bt_pg_pool_t *p = calloc(1, sizeof *p);
-  if (!p)
+  if (!p) {
+    free(resolve_host);
     return BT_ENOMEM;
+  }
+  p->resolve_host = resolve_host;
   p->loop = loop;
   p->cfg = *cfg;
 #define DEFAULT(field, value) p->cfg.field = p->cfg.field ? p->cfg.field : (value)
@@ -316,6 +345,7 @@ int bt_pg_pool_new(bt_pg_pool_t **out, uv_loop_t *loop, const bt_pg_pool_config_
     free(p->conns);
     free((char *)p->cfg.dsn);
     free((char *)p->cfg.name);
+    free(p->resolve_host);
     free(p);
     return BT_ENOMEM;
   }

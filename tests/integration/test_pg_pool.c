@@ -570,6 +570,43 @@ static void test_no_connection(void **state) {
   loop_finish();
 }
 
+/* A host name in the DSN is resolved off the loop (uv_getaddrinfo), then handed to libpq as
+ * hostaddr. "localhost" resolves to ::1 and 127.0.0.1 while the stack's Postgres listens on
+ * 127.0.0.1 only, so libpq must also fall through the resolved list. */
+static void test_host_name_resolved(void **state) {
+  char named[1100];
+  const char *at = strstr(dsn, "@127.0.0.1:");
+  assert_non_null(at);
+  snprintf(named, sizeof named, "%.*s@localhost:%s", (int)(at - dsn), dsn, at + strlen("@127.0.0.1:"));
+  bt_pg_pool_t *p = pool_new((bt_pg_pool_config_t){.dsn = named, .size = 2});
+  outcome_t o = {0};
+  const char *v[] = {"41"};
+  assert_int_equal(bt_pg_pool_query(p, "SELECT $1::int + 1", 1, v, on_result, &o), 0);
+  assert_true(run_until(flag_set, &o.done, 10000));
+  if (o.err != 0)
+    fail_msg("query over a resolved host failed: %s", o.errmsg);
+  assert_int_equal(o.first, 42);
+  bt_pg_pool_close(p);
+  loop_finish();
+}
+
+/* A name that does not resolve fails like a refused connection: an error naming the lookup
+ * within the queue timeout, never a hang. */
+static void test_host_name_unresolvable(void **state) {
+  bt_pg_pool_t *p = pool_new((bt_pg_pool_config_t){.dsn = "postgresql://baton@no-such-host.invalid:5432/baton",
+                                                    .queue_timeout_ms = 500,
+                                                    .reconnect_min_ms = 20,
+                                                    .reconnect_max_ms = 100});
+  outcome_t o = {0};
+  assert_int_equal(bt_pg_pool_query(p, "SELECT 1", 0, NULL, on_result, &o), 0);
+  assert_true(run_until(flag_set, &o.done, 10000));
+  assert_int_equal(o.err, BT_ENOTCONN);
+  if (!strstr(o.errmsg, "resolve"))
+    fail_msg("the error does not name the lookup: %s", o.errmsg);
+  bt_pg_pool_close(p);
+  loop_finish();
+}
+
 /* ---- 5. the app's drain waits for queries in flight ------------------------------------- */
 
 static void test_app_drain(void **state) {
@@ -596,6 +633,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_queue_full, setup, teardown),
       cmocka_unit_test_setup_teardown(test_busy_timeout, setup, teardown),
       cmocka_unit_test_setup_teardown(test_no_connection, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_host_name_resolved, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_host_name_unresolvable, setup, teardown),
       cmocka_unit_test_setup_teardown(test_app_drain, setup, teardown),
       cmocka_unit_test_setup_teardown(test_restart_reconnects, setup, teardown),
       cmocka_unit_test_setup_teardown(test_no_false_commits, setup, teardown),
