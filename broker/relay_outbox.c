@@ -98,9 +98,6 @@ static size_t read_stmts(relay_worker_t *w, relay_params_t *p, bt_pg_stmt_t *out
   return 2;
 }
 
-static const char *col(const PGresult *res, int row, int c) {
-  return PQgetisnull(res, row, c) ? NULL : PQgetvalue(res, row, c);
-}
 
 static size_t on_read(relay_worker_t *w, const PGresult *const *res) {
   const PGresult *lag = res[0], *rows = res[1];
@@ -123,18 +120,13 @@ static size_t on_read(relay_worker_t *w, const PGresult *const *res) {
         .source = PQgetvalue(rows, i, C_SOURCE),
         .type = PQgetvalue(rows, i, C_TYPE),
         .specversion = "1.0",
-        .subject = col(rows, i, C_SUBJECT),
-        .time = col(rows, i, C_TIME),
-        .datacontenttype = col(rows, i, C_DATACONTENTTYPE),
+        .subject = relay_col(rows, i, C_SUBJECT),
+        .time = relay_col(rows, i, C_TIME),
+        .datacontenttype = relay_col(rows, i, C_DATACONTENTTYPE),
     };
-    if (col(rows, i, C_DATA) && !(ev.data = relay_worker_bytea(w, col(rows, i, C_DATA), &ev.data_len))) {
-      relay_worker_poison(w, position, "data is not a hex bytea value (or out of memory)");
+    if (relay_worker_payload(w, position, &ev, relay_col(rows, i, C_DATA),
+                             relay_col(rows, i, C_EXTENSIONS), NULL) != 0)
       break;
-    }
-    if (relay_worker_extensions(w, &ev, col(rows, i, C_EXTENSIONS), NULL) != 0) {
-      relay_worker_poison(w, position, "extensions is not a JSON object of at most 32 members");
-      break;
-    }
     /* A service wrote this row without our HTTP validation: hold it to the same CloudEvents
      * rules as a published event rather than put a malformed record into Kafka. */
     broker_parse_error_t perr;
@@ -143,7 +135,7 @@ static size_t on_read(relay_worker_t *w, const PGresult *const *res) {
       relay_worker_poison(w, position, why);
       break;
     }
-    const char *key = col(rows, i, C_KEY) ? col(rows, i, C_KEY) : broker_event_key(&ev, NULL);
+    const char *key = relay_col(rows, i, C_KEY) ? relay_col(rows, i, C_KEY) : broker_event_key(&ev, NULL);
     if (relay_worker_produce(w, position, topic, key, &ev, NULL, 0) != 0)
       break;
   }

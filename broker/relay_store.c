@@ -85,9 +85,6 @@ static size_t read_stmts(relay_worker_t *w, relay_params_t *p, bt_pg_stmt_t *out
   return 2;
 }
 
-static const char *col(const PGresult *res, int row, int c) {
-  return PQgetisnull(res, row, c) ? NULL : PQgetvalue(res, row, c);
-}
 
 static size_t on_read(relay_worker_t *w, const PGresult *const *res) {
   relay_store_t *st = w->src;
@@ -115,22 +112,17 @@ static size_t on_read(relay_worker_t *w, const PGresult *const *res) {
         .id = PQgetvalue(rows, i, C_ID),
         .source = PQgetvalue(rows, i, C_SOURCE),
         .type = PQgetvalue(rows, i, C_TYPE),
-        .specversion = col(rows, i, C_SPECVERSION) ? col(rows, i, C_SPECVERSION) : "1.0",
-        .subject = col(rows, i, C_SUBJECT),
-        .time = col(rows, i, C_TIME),
-        .datacontenttype = col(rows, i, C_DATACONTENTTYPE),
-        .dataschema = col(rows, i, C_DATASCHEMA),
+        .specversion = relay_col(rows, i, C_SPECVERSION) ? relay_col(rows, i, C_SPECVERSION) : "1.0",
+        .subject = relay_col(rows, i, C_SUBJECT),
+        .time = relay_col(rows, i, C_TIME),
+        .datacontenttype = relay_col(rows, i, C_DATACONTENTTYPE),
+        .dataschema = relay_col(rows, i, C_DATASCHEMA),
     };
-    if (col(rows, i, C_DATA) && !(ev.data = relay_worker_bytea(w, col(rows, i, C_DATA), &ev.data_len))) {
-      relay_worker_poison(w, position, "data is not a hex bytea value (or out of memory)");
-      break;
-    }
     /* The stream and its version travel as extensions of our own; a stored extension of the
      * same name would make the header ambiguous, so ours wins. */
-    if (relay_worker_extensions(w, &ev, col(rows, i, C_EXTENSIONS), skip) != 0) {
-      relay_worker_poison(w, position, "extensions is not a JSON object of at most 32 members");
+    if (relay_worker_payload(w, position, &ev, relay_col(rows, i, C_DATA),
+                             relay_col(rows, i, C_EXTENSIONS), skip) != 0)
       break;
-    }
     const bt_kafka_header_t extra[2] = {
         {"ce_stream", stream, strlen(stream)},
         {"ce_streamversion", version, strlen(version)},

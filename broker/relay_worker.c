@@ -655,7 +655,7 @@ static int hexval(char c) {
   return -1;
 }
 
-char *relay_worker_bytea(relay_worker_t *w, const char *text, size_t *len) {
+static char *decode_bytea(relay_worker_t *w, const char *text, size_t *len) {
   /* Every read transaction sets bytea_output to hex, so this is the only format we see. */
   if (text[0] != '\\' || text[1] != 'x')
     return NULL;
@@ -677,7 +677,7 @@ char *relay_worker_bytea(relay_worker_t *w, const char *text, size_t *len) {
   return out;
 }
 
-int relay_worker_extensions(relay_worker_t *w, broker_event_t *ev, const char *text,
+static int decode_extensions(relay_worker_t *w, broker_event_t *ev, const char *text,
                             const char *const *skip) {
   if (!text)
     return 0;
@@ -762,4 +762,17 @@ void relay_worker_register_metrics(relay_worker_t *const *ws, size_t n) {
         bt_metrics_gauge(p, s->names[f], fams[f].help);
     }
   }
+}
+
+int relay_worker_payload(relay_worker_t *w, int64_t position, broker_event_t *ev,
+                         const char *data, const char *extensions, const char *const *skip) {
+  if (data && !(ev->data = decode_bytea(w, data, &ev->data_len))) {
+    relay_worker_poison(w, position, "data is not a hex bytea value (or out of memory)");
+    return -1;
+  }
+  if (decode_extensions(w, ev, extensions, skip) != 0) {
+    relay_worker_poison(w, position, "extensions is not a JSON object of at most 32 members");
+    return -1;
+  }
+  return 0;
 }

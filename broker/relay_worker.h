@@ -159,13 +159,16 @@ int relay_worker_produce(relay_worker_t *w, int64_t position, const char *topic,
  * it. Nothing after it is relayed first, which keeps order and loses nothing. */
 void relay_worker_poison(relay_worker_t *w, int64_t position, const char *why);
 
-/* Decodes a bytea text value ("\x" hex) into the round arena; NULL on bad input or memory. */
-char *relay_worker_bytea(relay_worker_t *w, const char *text, size_t *len);
-/* Adds the extensions of a JSON object text (jsonb::text, may be NULL) to ev, their names and
- * values copied into the round arena. Non-string values are added as their JSON text. Names
- * in `skip` (NULL-terminated, may be NULL) are left out. Returns 0 or -1 (not an object,
- * too many, out of memory). */
-int relay_worker_extensions(relay_worker_t *w, broker_event_t *ev, const char *json,
-                            const char *const *skip);
+/* Decodes a row's data (bytea text, "\\x" hex; NULL for none) and extensions (jsonb text, may
+ * be NULL) into ev, copying into the round arena. Extension names in `skip` (NULL-terminated,
+ * may be NULL) are left out. On a malformed value the row poisons the relay at `position` (see
+ * relay_worker_poison) and -1 is returned. */
+int relay_worker_payload(relay_worker_t *w, int64_t position, broker_event_t *ev,
+                         const char *data, const char *extensions, const char *const *skip);
+
+/* A column's value, or NULL when it is SQL NULL. */
+static inline const char *relay_col(const PGresult *res, int row, int c) {
+  return PQgetisnull(res, row, c) ? NULL : PQgetvalue(res, row, c);
+}
 
 #endif
