@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# bench/relay.sh: the outbox relay's latency, from an append's 201 to the record being readable
-# in Kafka, at half of the maximum append rate (measured first, in the same run).
+# bench/relay.sh: the outbox relay's latency, from the moment an append is due to be sent to
+# the record being readable in Kafka, at half of the maximum append rate (measured first, in
+# the same run), on an open-loop schedule: latency counts from each request's scheduled time,
+# so a client that falls behind shows as latency (no coordinated omission), and nothing is
+# clamped.
 #
 # Baseline, in the same run and with the same consumer: records produced straight into the same
-# devkafka at the same rate by an idempotent acks=all producer (the broker's settings), timed from
-# produce() to the read. That is the Kafka hop alone, which any relay pays on top of reading
-# Postgres; ratio = our p99 / the baseline's p99 says how much the relay adds to it.
+# devkafka at the same rate by a producer configured as the broker's (idempotent, acks=all, the
+# same linger, BENCH_LINGER_MS, given to both), timed the same way. That is the Kafka hop alone,
+# which any relay pays on top of reading Postgres; ratio = our p99 / the baseline's p99 says how
+# much the relay adds to it.
 # Target: p99 < 50 ms.
 #
 # It starts its own stack (Postgres with its default durability: fsync and synchronous_commit
@@ -23,6 +27,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 SECS=${1:-10}
 THREADS=${2:-64}
 MAXSECS=${BENCH_MAXSECS:-3}
+LINGER_MS=${BENCH_LINGER_MS:-0}
 BUILD=${BATON_BUILD_DIR:-$ROOT/build}
 RUN=$ROOT/.run-bench-relay
 say() { printf '==> %s\n' "$*" >&2; }
@@ -58,7 +63,8 @@ say "postgres durability: $DURABILITY"
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 URL=http://127.0.0.1:$PORT
-env BATON_HTTP_PORT="$PORT" BATON_LOG_LEVEL=warn "$BUILD/broker/baton-broker" \
+env BATON_HTTP_PORT="$PORT" BATON_LOG_LEVEL=warn BATON_KAFKA_LINGER="${LINGER_MS}ms" \
+  "$BUILD/broker/baton-broker" \
   </dev/null >"$RUN/broker-bench.log" 2>&1 &
 BROKER_PID=$!
 for _ in $(seq 300); do
@@ -79,7 +85,7 @@ sleep 2
 
 say "load: ${MAXSECS}s closed loop for the maximum append rate, then ${SECS}s at half of it, $THREADS connections"
 OUT=$("$BUILD/bench/relay_load" "$URL" "$BATON_KAFKA_BROKERS" bench.events benchbase.events \
-  "$MAXSECS" "$SECS" "$THREADS")
+  "$MAXSECS" "$SECS" "$THREADS" "$LINGER_MS")
 printf '%s\n' "$OUT" >&2
 RSS_KB=$(awk '/^VmHWM:/ {print $2}' "/proc/$BROKER_PID/status" 2>/dev/null || echo 0)
 PUBLISHED=$(curl -s "$URL/metrics" | awk '/^baton_broker_relay_published_total\{relay="store"\}/ {print $2}')
@@ -87,8 +93,11 @@ PUBLISHED=$(curl -s "$URL/metrics" | awk '/^baton_broker_relay_published_total\{
 get() { printf '%s\n' "$OUT" | awk -v k="$1" '$1 == k {print $2}'; }
 P50=$(get relay_p50_ms) P99=$(get relay_p99_ms) BP50=$(get baseline_p50_ms) BP99=$(get baseline_p99_ms)
 MISSING=$(get relay_missing)
-RATIO=$(awk -v a="$P99" -v b="$BP99" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "null" }')
-printf '{"bench":"relay","ours":%s,"baseline":%s,"ratio":%s,"target":50,"unit":"ms (p99, append 201 -> readable in Kafka)","p50":%s,"p99":%s,"max_ms":%s,"baseline_p50":%s,"baseline_p99":%s,"rate_per_s":%s,"max_append_rate_per_s":%s,"events":%s,"not_seen":%s,"relay_published":%s,"broker_peak_rss_kb":%s,"postgres":"%s","meets_target":%s}\n' \
+RATIO=$(awk -v a="$P99" -v b="$BP99" 'BEGIN { if (a != "null" && b > 0) printf "%.2f", a / b; else print "null" }')
+MEETS=$(awk -v a="$P99" 'BEGIN { print (a != "null" && a < 50) ? "true" : "false" }')
+printf '{"bench":"relay","ours":%s,"baseline":%s,"ratio":%s,"target":50,"unit":"ms (p99, append due -> readable in Kafka, open loop)","p50":%s,"p99":%s,"max_ms":%s,"baseline_p50":%s,"baseline_p99":%s,"rate_per_s":%s,"max_append_rate_per_s":%s,"events":%s,"append_failed":%s,"not_seen":%s,"negative_latencies":%s,"baseline_negative_latencies":%s,"relay_published":%s,"linger_ms":%s,"append_p50":%s,"append_p99":%s,"after_ack_p50":%s,"after_ack_p99":%s,"broker_peak_rss_kb":%s,"postgres":"%s","meets_target":%s}\n' \
   "$P99" "$BP99" "$RATIO" "$P50" "$P99" "$(get relay_max_ms)" "$BP50" "$BP99" "$(get rate)" \
-  "$(get max_append_rate)" "$(get appended)" "${MISSING:-null}" "${PUBLISHED:-null}" "${RSS_KB:-0}" \
-  "$DURABILITY" "$(awk -v a="$P99" 'BEGIN { print (a < 50) ? "true" : "false" }')"
+  "$(get max_append_rate)" "$(get appended)" "$(get append_failed)" "${MISSING:-null}" \
+  "$(get relay_negative_latencies)" "$(get baseline_negative_latencies)" "${PUBLISHED:-null}" \
+  "$LINGER_MS" "$(get append_p50_ms)" "$(get append_p99_ms)" "$(get after_ack_p50_ms)" \
+  "$(get after_ack_p99_ms)" "${RSS_KB:-0}" "$DURABILITY" "$MEETS"

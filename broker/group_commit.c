@@ -13,18 +13,20 @@
 #include "log.h"
 
 #define MAX_SLOTS 2
-#define NPARAMS 14
+#define NPARAMS 15
+#define BISECT_DEPTH 64 /* > log2 of any group size: a split stack never grows past it */
 
 static const char APPEND_SQL[] =
     "SELECT status, first_version, last_version, position, current_version, stored "
-    "FROM baton.append_batch($1::text[], $2::bigint[], $3::int[], $4::int[], $5::text[], "
+    "FROM baton.append_batch($1::text[], $2::bigint[], $3::int[], $4::text[], $5::int[], "
     "$6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], "
-    "$13::text[], $14::jsonb[])";
+    "$13::text[], $14::text[], $15::jsonb[])";
 
-/* A slot's lifecycle. IDLE: no transaction. IN_FLIGHT: a group's transaction is out. SOLO:
- * that group's transaction failed as a whole, and its appends are being retried one at a
- * time, so a single bad append cannot fail its neighbours. */
-typedef enum { SLOT_IDLE, SLOT_IN_FLIGHT, SLOT_SOLO } slot_state_t;
+/* A slot's lifecycle. IDLE: no transaction. IN_FLIGHT: a group's transaction is out. BISECT:
+ * that group's transaction failed as a whole, and its appends are being retried in halves,
+ * recursively, so that a single bad append fails alone at the cost of about 2*log2(n) more
+ * transactions instead of n. */
+typedef enum { SLOT_IDLE, SLOT_IN_FLIGHT, SLOT_BISECT } slot_state_t;
 
 typedef struct slot {
   broker_group_commit_t *gc;
@@ -33,6 +35,11 @@ typedef struct slot {
   broker_append_t *members; /* FIFO; the first `sent` of them are in the transaction */
   size_t nmembers, sent;
   uint64_t sent_ns;
+  /* BISECT: the members still to be tried, as consecutive chunks of the list; the chunk
+   * on top (chunks[nchunks - 1]) is the next to send. Splitting the top chunk replaces it by
+   * its two halves, so the stack grows by at most one per halving. */
+  size_t chunks[BISECT_DEPTH];
+  size_t nchunks;
 } slot_t;
 
 /* Open-addressing set of 64-bit hashes, emptied in O(1) by bumping the generation. Used while
@@ -66,7 +73,7 @@ static const char *slot_state_name(slot_state_t s) {
   switch (s) {
   case SLOT_IDLE: return "idle";
   case SLOT_IN_FLIGHT: return "in_flight";
-  case SLOT_SOLO: return "solo";
+  case SLOT_BISECT: return "bisect";
   }
   return "?";
 }
@@ -78,8 +85,8 @@ static void slot_set_state(slot_t *s, slot_state_t next) {
   bool legal;
   switch (s->state) {
   case SLOT_IDLE: legal = next == SLOT_IN_FLIGHT; break;
-  case SLOT_IN_FLIGHT: legal = next == SLOT_IDLE || next == SLOT_SOLO; break;
-  case SLOT_SOLO: legal = next == SLOT_IDLE; break;
+  case SLOT_IN_FLIGHT: legal = next == SLOT_IDLE || next == SLOT_BISECT; break;
+  case SLOT_BISECT: legal = next == SLOT_IDLE; break;
   default: legal = false; break;
   }
   if (!legal)
@@ -186,21 +193,22 @@ static void fail_append(broker_append_t *a, int err, const char *sqlstate, const
   complete(a, errmsg);
 }
 
-/* Moves appends from the queue into an idle slot: up to batch_max appends and events_max
- * events (a first append is always taken). An append that shares an event id with one
+/* Moves appends from the queue into an idle slot: up to batch_max appends, events_max
+ * events and bytes_max encoded bytes (a first append is always taken). An append that shares an event id with one
  * already in the group, on the same stream, waits for the next group, and so does every later
  * append of that stream so that a stream's appends keep their order: inside one transaction
  * the first would not yet be visible to the second's idempotency check. */
 static void form_group(broker_group_commit_t *gc, slot_t *s) {
   const size_t scan_max = 2 * gc->cfg.batch_max;
-  size_t nevents = 0, scanned = 0;
+  size_t nevents = 0, nbytes = 0, scanned = 0;
   broker_append_t *prev = NULL, *a = gc->head, *last = NULL;
   hset_clear(&gc->ids);
   hset_clear(&gc->streams);
   s->members = NULL;
   s->nmembers = 0;
   while (a && s->nmembers < gc->cfg.batch_max && scanned++ < scan_max) {
-    if (s->nmembers > 0 && nevents + a->nevents > gc->cfg.events_max)
+    if (s->nmembers > 0 &&
+        (nevents + a->nevents > gc->cfg.events_max || nbytes + a->bytes > gc->cfg.bytes_max))
       break; /* FIFO: nothing overtakes an append that did not fit */
     uint64_t sh = hash_stream(a->stream);
     bool defer = hset_has(&gc->streams, sh);
@@ -229,6 +237,7 @@ static void form_group(broker_group_commit_t *gc, slot_t *s) {
     last = a;
     s->nmembers++;
     nevents += a->nevents;
+    nbytes += a->bytes;
     a = next;
   }
   set_queued(gc, gc->nqueued - s->nmembers);
@@ -365,19 +374,20 @@ static int encode(broker_group_commit_t *gc, broker_append_t *list, size_t n) {
     put_str(&e, &p[0], a->stream);
     put_int(&e, &p[1], a->expected);
     put_int(&e, &p[2], (int64_t)a->nevents);
+    put_str(&e, &p[3], a->partitionkey);
     for (size_t i = 0; i < a->nevents; i++) {
       const broker_event_t *ev = &a->events[i];
-      put_int(&e, &p[3], (int64_t)k);
-      put_str(&e, &p[4], ev->id);
-      put_str(&e, &p[5], ev->type);
-      put_str(&e, &p[6], ev->source);
-      put_str(&e, &p[7], ev->specversion);
-      put_str(&e, &p[8], ev->subject);
-      put_str(&e, &p[9], ev->time);
-      put_str(&e, &p[10], ev->datacontenttype);
-      put_str(&e, &p[11], ev->dataschema);
-      put_hex(&e, &p[12], ev->data, ev->data_len);
-      put_extensions(&e, &p[13], &gc->scratch, ev);
+      put_int(&e, &p[4], (int64_t)k);
+      put_str(&e, &p[5], ev->id);
+      put_str(&e, &p[6], ev->type);
+      put_str(&e, &p[7], ev->source);
+      put_str(&e, &p[8], ev->specversion);
+      put_str(&e, &p[9], ev->subject);
+      put_str(&e, &p[10], ev->time);
+      put_str(&e, &p[11], ev->datacontenttype);
+      put_str(&e, &p[12], ev->dataschema);
+      put_hex(&e, &p[13], ev->data, ev->data_len);
+      put_extensions(&e, &p[14], &gc->scratch, ev);
     }
   }
   for (int i = 0; i < NPARAMS; i++)
@@ -399,7 +409,13 @@ static int send_members(slot_t *s, size_t n) {
     const char *values[NPARAMS];
     for (int i = 0; i < NPARAMS; i++)
       values[i] = gc->params[i].data;
-    rc = bt_pg_pool_query(gc->cfg.pg, APPEND_SQL, NPARAMS, values, on_result, s);
+    /* Prepared once per connection (the pool keeps one handle per text, so asking again is a
+     * lookup): Postgres then skips parsing and planning append_batch's call every group. */
+    bt_pg_prepared_t *append = NULL;
+    rc = bt_pg_pool_prepare(gc->cfg.pg, APPEND_SQL, NPARAMS, NULL, &append);
+    bt_pg_query_t q = {.prepared = append, .nparams = NPARAMS, .values = values};
+    if (rc == 0)
+      rc = bt_pg_pool_submit(gc->cfg.pg, &q, 1, 0, on_result, s);
   }
   if (rc == 0) {
     s->sent = n;
@@ -430,23 +446,40 @@ static void fail_list(broker_append_t *a, int err, const char *sqlstate, const c
   }
 }
 
-/* In SOLO: sends the next member alone; a member that cannot even be sent fails at once. */
-static void solo_next(slot_t *s) {
-  while (s->members) {
-    int rc = s->gc->closing ? BT_ECANCELED : send_members(s, 1);
+/* In BISECT: sends the chunk on top of the stack; a chunk that cannot even be sent fails at
+ * once. With the stack empty the slot is idle again. */
+static void bisect_next(slot_t *s) {
+  while (s->nchunks > 0) {
+    size_t k = s->chunks[s->nchunks - 1];
+    int rc = s->gc->closing ? BT_ECANCELED : send_members(s, k);
     if (rc == 0)
       return;
-    fail_list(take(s, 1), rc, NULL, bt_strerror(rc));
+    s->nchunks--;
+    fail_list(take(s, k), rc, NULL, bt_strerror(rc));
   }
+  BT_ASSERT(s->nmembers == 0);
   slot_set_state(s, SLOT_IDLE);
   schedule(s->gc);
+}
+
+/* Whether a transaction that Postgres refused is worth retrying in halves: it is when
+ * something in its content made it fail (a constraint, a bad value, a serialization
+ * failure), and it is not when the server or the connection failed (class 08, connection
+ * exception; class 57, operator intervention: shutdown, cancel, terminated backend), where
+ * every half would fail again and only multiply the load on a server in trouble. */
+static bool worth_splitting(int err, const char *sqlstate) {
+  if (err != BT_EIO)
+    return false;
+  return !sqlstate || (strncmp(sqlstate, "08", 2) != 0 && strncmp(sqlstate, "57", 2) != 0);
 }
 
 /* Reads row i of the function's answer into a. */
 static void read_row(broker_append_t *a, const PGresult *res, int i) {
   static const broker_append_status_t by_code[] = {BROKER_APPEND_APPENDED, BROKER_APPEND_DUPLICATE,
                                                    BROKER_APPEND_WRONG_VERSION,
-                                                   BROKER_APPEND_PARTIAL_DUPLICATE};
+                                                   BROKER_APPEND_PARTIAL_DUPLICATE,
+                                                   BROKER_APPEND_ID_CONFLICT,
+                                                   BROKER_APPEND_PARTITIONKEY_CONFLICT};
   int code = atoi(PQgetvalue(res, i, 0));
   BT_ASSERT(code >= 0 && code < (int)BT_ARRAY_LEN(by_code));
   a->status = by_code[code];
@@ -468,18 +501,27 @@ static void on_result(const bt_pg_result_t *r, void *arg) {
     bt_fatal("append_batch answered %d rows for %zu appends", PQntuples(res), n);
   const char *sqlstate = r->error ? PQresultErrorField(r->error, PG_DIAG_SQLSTATE) : NULL;
 
-  if (s->state == SLOT_IN_FLIGHT && r->err == BT_EIO && n > 1 && !gc->closing) {
-    /* Something in the group made Postgres refuse the whole transaction: nothing of it was
-     * committed, so each append can safely be tried again on its own. */
-    bt_log_warn("group commit failed; retrying its appends one by one", "{s:i, s:s, s:s}",
-                "appends", (int)n, "sqlstate", sqlstate ? sqlstate : "", "error", r->errmsg);
+  if (n > 1 && !gc->closing && worth_splitting(r->err, sqlstate)) {
+    /* Something in the transaction made Postgres refuse it as a whole: nothing of it was
+     * committed, so its two halves can safely be tried again, each on its own. */
+    if (s->state == SLOT_IN_FLIGHT) {
+      bt_log_warn("group commit failed; retrying its appends in halves", "{s:i, s:s, s:s}",
+                  "appends", (int)n, "sqlstate", sqlstate ? sqlstate : "", "error", r->errmsg);
+      s->chunks[0] = n;
+      s->nchunks = 1;
+      slot_set_state(s, SLOT_BISECT);
+    }
+    BT_ASSERT(s->nchunks > 0 && s->nchunks < BISECT_DEPTH && s->chunks[s->nchunks - 1] == n);
+    s->chunks[s->nchunks - 1] = n - n / 2; /* the second half, sent after the first */
+    s->chunks[s->nchunks++] = n / 2;
     bt_counter_inc(&gc->cfg.stats->split);
-    slot_set_state(s, SLOT_SOLO);
-    solo_next(s);
+    bisect_next(s);
     return;
   }
 
   broker_append_t *done = take(s, n);
+  if (s->state == SLOT_BISECT)
+    s->nchunks--;
   bool wrote = false;
   if (res) {
     int i = 0;
@@ -493,8 +535,8 @@ static void on_result(const bt_pg_result_t *r, void *arg) {
   }
   /* The slot moves on before any callback runs, so the next group goes out while this one's
    * answers are being written. */
-  if (s->state == SLOT_SOLO) {
-    solo_next(s);
+  if (s->state == SLOT_BISECT) {
+    bisect_next(s);
   } else {
     slot_set_state(s, SLOT_IDLE);
     schedule(gc);
@@ -550,11 +592,29 @@ static void update_hold(broker_group_commit_t *gc) {
     bt_app_release(gc->cfg.app);
 }
 
+/* What an append adds to the call's parameters: data as hex, every string with its quotes
+ * and separator. Escapes are not counted; the budget bounds memory, it need not be exact. */
+static size_t append_bytes(const broker_append_t *a) {
+  size_t n = strlen(a->stream) + 64 + (a->partitionkey ? strlen(a->partitionkey) : 0);
+  for (size_t i = 0; i < a->nevents; i++) {
+    const broker_event_t *ev = &a->events[i];
+    const char *str[] = {ev->id,   ev->type,            ev->source,    ev->specversion,
+                         ev->subject, ev->time, ev->datacontenttype, ev->dataschema};
+    n += 2 * ev->data_len + 64;
+    for (size_t k = 0; k < BT_ARRAY_LEN(str); k++)
+      n += str[k] ? strlen(str[k]) + 3 : 5;
+    for (unsigned k = 0; k < ev->next; k++)
+      n += strlen(ev->ext[k].name) + strlen(ev->ext[k].value) + 8;
+  }
+  return n;
+}
+
 int broker_group_commit_submit(broker_group_commit_t *gc, broker_append_t *a) {
   if (gc->closing)
     return BT_ECANCELED;
   if (gc->nqueued >= gc->cfg.queue_max)
     return BT_EAGAIN;
+  a->bytes = append_bytes(a);
   a->next = NULL;
   if (gc->tail)
     gc->tail->next = a;
@@ -587,6 +647,7 @@ static void on_kick_closed(uv_handle_t *h) {
 }
 
 static void on_drain(bt_app_t *app, void *arg) {
+  BT_UNUSED(app);
   broker_group_commit_t *gc = arg;
   gc->draining = true;
   update_hold(gc);
@@ -595,6 +656,7 @@ static void on_drain(bt_app_t *app, void *arg) {
 /* Queued appends were never sent: they fail as cancelled. Groups in flight finish through the
  * pool, which closes after us and fails them as outcome unknown if they are still out. */
 static void on_close(bt_app_t *app, void *arg) {
+  BT_UNUSED(app);
   broker_group_commit_t *gc = arg;
   gc->closing = true;
   broker_append_t *list = gc->head;
@@ -615,11 +677,12 @@ void broker_group_commit_stats_register(broker_group_commit_stats_t *s) {
   bt_metrics_counter(&s->groups, "baton_broker_append_groups_total",
                      "Group-commit transactions sent.");
   bt_metrics_counter(&s->split, "baton_broker_append_group_splits_total",
-                     "Groups that failed as a whole and were retried one append at a time.");
+                     "Failed group-commit transactions retried as two halves.");
 }
 
 int broker_group_commit_new(broker_group_commit_t **out, const broker_group_commit_config_t *cfg) {
   if (!cfg->pg || !cfg->app || !cfg->stats || cfg->batch_max == 0 || cfg->events_max == 0 ||
+      cfg->bytes_max == 0 ||
       cfg->queue_max == 0 || cfg->concurrency == 0 || cfg->concurrency > MAX_SLOTS)
     return BT_EINVAL;
   broker_group_commit_t *gc = calloc(1, sizeof *gc);

@@ -19,6 +19,9 @@ typedef enum {
   BROKER_APPEND_DUPLICATE,         /* every id was stored already: the original versions */
   BROKER_APPEND_WRONG_VERSION,     /* current_version is the stream's true version */
   BROKER_APPEND_PARTIAL_DUPLICATE, /* `stored` of the ids are stored already; nothing written */
+  BROKER_APPEND_ID_CONFLICT,       /* event `stored` (0-based) has a (source, id) stored with
+                                    * other content; nothing written */
+  BROKER_APPEND_PARTITIONKEY_CONFLICT, /* the stream's events carry another partitionkey */
   BROKER_APPEND_FAILED,            /* err says why; see broker_group_commit_submit */
 } broker_append_status_t;
 
@@ -32,8 +35,9 @@ typedef void (*broker_append_cb)(broker_append_t *a, const char *errmsg);
 
 struct broker_append {
   /* Input, set by the caller; everything is borrowed until the callback runs. The events'
-   * ids must be unique within the append. */
+   * (source, id) pairs must be unique within the append. */
   const char *stream;
+  const char *partitionkey; /* the events' partitionkey extension (all the same), or NULL */
   int64_t expected; /* BROKER_EXPECT_ANY, or the stream's exact current version (0: none) */
   const broker_event_t *events;
   size_t nevents;
@@ -42,7 +46,8 @@ struct broker_append {
   broker_append_status_t status;
   /* FAILED only: BT_EAGAIN (Postgres pool saturated), BT_ENOTCONN / BT_ETIMEDOUT (nothing was
    * sent), BT_ECONNRESET (sent, outcome unknown: it may have committed), BT_EIO (Postgres
-   * refused it, even alone; sqlstate says why), BT_ECANCELED (shutting down, not sent),
+   * refused it, even alone, or a connection or shutdown error (SQLSTATE class 08 or 57)
+   * failed its whole group; sqlstate says why), BT_ECANCELED (shutting down, not sent),
    * BT_ENOMEM. */
   int err;
   char sqlstate[6];
@@ -51,6 +56,7 @@ struct broker_append {
   int64_t stored;          /* PARTIAL_DUPLICATE */
   /* Private. */
   broker_append_t *next;
+  size_t bytes; /* encoded size estimate, for the group's byte budget */
 };
 
 /* Counters the group commit updates; owned by the caller, which registers them and keeps
@@ -60,7 +66,7 @@ typedef struct broker_group_commit_stats {
   bt_histogram_t group_size; /* appends per group transaction */
   bt_histogram_t latency;    /* seconds from sending a group to its outcome */
   bt_counter_t groups;       /* group transactions sent */
-  bt_counter_t split;        /* groups that failed as a whole and were retried one by one */
+  bt_counter_t split;        /* failed transactions that were split in two and retried */
 } broker_group_commit_stats_t;
 
 void broker_group_commit_stats_register(broker_group_commit_stats_t *s);
@@ -70,6 +76,8 @@ typedef struct broker_group_commit_config {
   bt_app_t *app;        /* its drain waits for queued and in-flight appends */
   size_t batch_max;     /* appends per group */
   size_t events_max;    /* events per group; must be >= the largest append allowed */
+  size_t bytes_max;     /* encoded bytes per group (data counts twice, as hex); a group
+                         * always takes its first append, whatever its size */
   size_t queue_max;     /* appends waiting; more are refused with BT_EAGAIN */
   unsigned concurrency; /* groups in flight at once (1 or 2); a second one starts only while
                          * a full group (batch_max appends) waits */

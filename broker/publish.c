@@ -1,6 +1,10 @@
 /* POST /v1/topics/{topic}/events: validated CloudEvents into Kafka through the idempotent
  * producer (acks=all), answered only after every record's delivery report. Admission is all
- * or nothing per request: either every record is handed to the producer or none is. */
+ * or nothing per request: the request is admitted whole against our in-flight budget, or
+ * refused (429) before any record is handed to the producer. Should the producer still refuse
+ * a record (its queue is shared with the relay), the records after it are not sent, and the
+ * answer is a 5xx that names each record, never a 4xx that would hide the records already
+ * handed over. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +35,7 @@ typedef struct publish_req {
   bt_arena_t arena;
   broker_event_t *events;
   size_t n, pending, bytes;
+  size_t handed; /* records the producer accepted */
   struct {
     int err;
     int32_t partition;
@@ -113,6 +118,22 @@ size_t broker_event_headers(const broker_event_t *ev, bt_arena_t *arena, bt_kafk
   return n;
 }
 
+size_t broker_event_record_bytes(const broker_event_t *ev, const char *key) {
+  /* librdkafka compares key + value + headers plus the record format's overhead with
+   * message.max.bytes. Each header costs its name, its value and a few varints; names are at
+   * most 16 bytes but for extensions ("ce_" + the name). */
+  enum { RECORD_OVERHEAD = 128, HEADER_OVERHEAD = 16 + 12 };
+  size_t n = RECORD_OVERHEAD + ev->data_len + (key ? strlen(key) : 0);
+  const char *attrs[] = {ev->specversion, ev->id,   ev->source,          ev->type,
+                         ev->time,        ev->subject, ev->dataschema, ev->datacontenttype};
+  for (size_t i = 0; i < BT_ARRAY_LEN(attrs); i++)
+    if (attrs[i])
+      n += HEADER_OVERHEAD + strlen(attrs[i]);
+  for (unsigned i = 0; i < ev->next; i++)
+    n += HEADER_OVERHEAD + strlen(ev->ext[i].name) + strlen(ev->ext[i].value);
+  return n;
+}
+
 /* ---- answering ---------------------------------------------------------------------------- */
 
 /* The success answer is the hot path: written straight into a buffer, one line per record,
@@ -130,11 +151,28 @@ static int write_success(const publish_req_t *pr, bt_buf_t *out) {
   return rc ? rc : bt_buf_append(out, "]}", 2);
 }
 
-/* Some records failed: name each one. The worst failure decides the status: an unavailable
- * Kafka (503) over a full local queue (429) over a record Kafka refused (502). */
+/* The status of an answer with failed records: an unavailable Kafka or a record not sent
+ * (503) over a full local queue (429) over a record Kafka refused (502). 429 is only for a
+ * request of which no record was handed to the producer: a 4xx says "nothing happened". */
+static int failure_status(const publish_req_t *pr) {
+  int status = 200;
+  for (size_t i = 0; i < pr->n; i++) {
+    int err = pr->results[i].err;
+    if (err == 0)
+      continue;
+    int st = err == BT_EAGAIN && pr->handed == 0              ? 429
+             : (err == BT_ERANGE || err == BT_ENOENT) ? 502
+                                                              : 503;
+    if (status == 200 || st == 503 || (st == 429 && status == 502))
+      status = st;
+  }
+  return status;
+}
+
+/* Some records failed: name each one, with the status of failure_status(). */
 static void respond_failure(publish_req_t *pr, size_t failed) {
   json_t *results = json_array();
-  int status = 200;
+  int status = failure_status(pr);
   for (size_t i = 0; i < pr->n; i++) {
     int err = pr->results[i].err;
     if (err == 0) {
@@ -143,9 +181,6 @@ static void respond_failure(publish_req_t *pr, size_t failed) {
                                                "offset", (json_int_t)pr->results[i].offset));
       continue;
     }
-    int st = err == BT_EAGAIN ? 429 : (err == BT_ERANGE || err == BT_ENOENT) ? 502 : 503;
-    if (status == 200 || st == 503 || (st == 429 && status == 502))
-      status = st;
     json_array_append_new(results, json_pack("{s:s, s:s, s:s}", "id", pr->events[i].id, "error",
                                              bt_strerror(err), "detail",
                                              pr->results[i].errstr ? pr->results[i].errstr : ""));
@@ -212,7 +247,7 @@ static void on_delivery(const bt_kafka_delivery_t *d, void *opaque) {
 static void handle_publish(bt_http_req_t *req, void *arg) {
   broker_publish_t *pub = arg;
   broker_t *b = pub->b;
-  if (!broker_authorized(b, req))
+  if (!bt_auth_check(b->auth, req))
     return;
   bt_counter_inc(&pub->stats.requests);
   const char *topic = bt_http_req_param(req, "topic");
@@ -250,11 +285,26 @@ static void handle_publish(bt_http_req_t *req, void *arg) {
     bt_http_respond_json(req, perr.status, e);
     goto free_req;
   }
-  /* Size every record, then admit the request as a whole or not at all. */
+  /* Size every record, then admit the request as a whole or not at all. A record over
+   * message.max.bytes would be refused by the producer half-way through the request. */
   size_t bytes = 0;
   for (size_t i = 0; i < pr->n; i++) {
     const char *key = broker_event_key(&pr->events[i], NULL);
     bytes += pr->events[i].data_len + (key ? strlen(key) : 0);
+    size_t record = broker_event_record_bytes(&pr->events[i], key) + 128; /* traceparent */
+    if (record > (uint64_t)b->cfg.kafka_message_max) {
+      bt_counter_inc(&pub->stats.rejected_invalid);
+      json_t *e = json_pack("{s:s, s:s, s:i, s:s}", "error", "event_too_large", "detail", "",
+                            "index", (int)i, "attribute", "data");
+      char detail[160];
+      snprintf(detail, sizeof detail,
+               "event %zu: its Kafka record would take about %zu bytes, over "
+               "BATON_KAFKA_MESSAGE_MAX_BYTES (%lld)",
+               i, record, (long long)b->cfg.kafka_message_max);
+      json_object_set_new(e, "detail", json_string(detail));
+      bt_http_respond_json(req, 413, e);
+      goto free_req;
+    }
   }
   if (pub->inflight_msgs + pr->n > (uint64_t)b->cfg.max_inflight_msgs ||
       pub->inflight_bytes + bytes > (uint64_t)b->cfg.max_inflight_bytes) {
@@ -288,15 +338,23 @@ static void handle_publish(bt_http_req_t *req, void *arg) {
     pub->inflight_msgs++;
     pub->inflight_bytes += refs[i].bytes;
     int rc = bt_kafka_producer_produce(b->producer, &rec, on_delivery, &refs[i]);
-    if (rc != 0) {
-      /* The producer refused this record (local queue full, fatal error): it is reported as
-       * failed in the answer; records already handed over still complete normally. */
-      pr->results[i].err = rc;
-      pr->results[i].errstr = rc == BT_EAGAIN ? "the producer's local queue is full" : bt_strerror(rc);
-      pr->pending--;
-      pub->inflight_msgs--;
-      pub->inflight_bytes -= refs[i].bytes;
+    if (rc == 0) {
+      pr->handed++;
+      continue;
     }
+    /* The producer refused this record (local queue full, fatal error). It and every record
+     * after it are reported as not sent (sending the later ones would put them before it in
+     * their partition); records already handed over still complete normally. */
+    pub->inflight_msgs--;
+    pub->inflight_bytes -= refs[i].bytes;
+    for (size_t k = i; k < pr->n; k++) {
+      pr->results[k].err = rc;
+      pr->results[k].errstr = k > i                ? "not sent: an earlier record was refused"
+                              : rc == BT_EAGAIN ? "the producer's local queue is full"
+                                                : bt_strerror(rc);
+      pr->pending--;
+    }
+    break;
   }
   bt_gauge_set(&pub->stats.inflight_msgs, (double)pub->inflight_msgs);
   bt_gauge_set(&pub->stats.inflight_bytes, (double)pub->inflight_bytes);
@@ -308,7 +366,7 @@ free_req:
   free(pr);
 }
 
-static void publish_close(bt_app_t *app, void *arg) { free(arg); }
+static void publish_close(bt_app_t *app, void *arg) { BT_UNUSED(app); free(arg); }
 
 void broker_retry_after(broker_t *b, bt_http_req_t *req) {
   char v[24];
@@ -338,7 +396,7 @@ int broker_publish_start(broker_t *b) {
                    "Records awaiting Kafka's acknowledgement.");
   bt_metrics_gauge(&pub->stats.inflight_bytes, "baton_broker_publish_inflight_bytes",
                    "Bytes of records awaiting Kafka's acknowledgement.");
-  bt_http_server_route(b->http, "POST", "/v1/topics/{topic}/events", handle_publish, pub);
+  bt_http_server_route_auth(b->http, "POST", "/v1/topics/{topic}/events", handle_publish, pub);
   bt_app_on_shutdown(&b->app, NULL, publish_close, pub);
   return 0;
 }

@@ -21,4 +21,10 @@ bool broker_topic_allowed(const char *allow, const char *topic);
 size_t broker_event_headers(const broker_event_t *ev, bt_arena_t *arena, bt_kafka_header_t *out,
                             size_t max);
 
+/* An upper estimate of the Kafka record that carries ev with this key (NULL: none), as the
+ * producer measures it against message.max.bytes: data, key, the headers of
+ * broker_event_headers() and the record's framing. Extra headers a caller adds (the relay's
+ * ce_stream, ce_streamversion) are not included. */
+size_t broker_event_record_bytes(const broker_event_t *ev, const char *key);
+
 #endif

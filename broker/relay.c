@@ -1,7 +1,7 @@
-/* The outbox relay's entry points: parses its configuration, creates one relay worker for the
- * event store and one per service outbox (BATON_BROKER_OUTBOX_DSNS), and wires them into the
- * app's lifecycle. The mechanics (lease, rounds, gap safety) live in relay_worker.c,
- * relay_store.c and relay_outbox.c. */
+/* The outbox relay's entry points: parses its configuration, creates one runtime outbox relay
+ * (common/outbox_relay.c) for the event store and one per service outbox
+ * (BATON_BROKER_OUTBOX_DSNS), all sharing one producer budget, and wires them into the app's
+ * lifecycle and readiness. What each reads lives in relay_store.c and relay_outbox.c. */
 #include <jansson.h>
 #include <libpq-fe.h>
 #include <stdio.h>
@@ -10,10 +10,12 @@
 
 #include "broker.h"
 #include "log.h"
+#include "publish.h"
 #include "relay_outbox.h"
 #include "relay_route.h"
 #include "relay_store.h"
 #include "relay_worker.h"
+#include "outbox_relay.h"
 
 /* Each worker needs at most two connections: its round's request and the lease keepalive. */
 #define RELAY_POOL_SIZE 2
@@ -22,8 +24,11 @@
 struct broker_relay {
   broker_t *b;
   broker_relay_routes_t routes;
+  bt_outbox_relay_budget_t budget; /* the relays' share of the producer */
   size_t n;                      /* workers: [0] the store, then the outboxes */
-  relay_worker_t *workers[1 + MAX_OUTBOXES];
+  bt_outbox_relay_t *workers[1 + MAX_OUTBOXES];
+  bt_pg_pool_t *outbox_pools[MAX_OUTBOXES];
+  size_t noutbox_pools;
 };
 
 static void config_error(const char *var, const char *why) {
@@ -32,15 +37,17 @@ static void config_error(const char *var, const char *why) {
 }
 
 static void relay_drain(bt_app_t *app, void *arg) {
+  BT_UNUSED(app);
   broker_relay_t *r = arg;
   for (size_t i = 0; i < r->n; i++)
-    relay_worker_drain(r->workers[i]);
+    bt_outbox_relay_drain(r->workers[i]);
 }
 
 static void relay_close(bt_app_t *app, void *arg) {
+  BT_UNUSED(app);
   broker_relay_t *r = arg;
   for (size_t i = 0; i < r->n; i++)
-    relay_worker_close(r->workers[i]);
+    bt_outbox_relay_close(r->workers[i]);
 }
 
 /* Where a DSN points, for logs: host, port and database, never the password. */
@@ -59,6 +66,41 @@ static void dsn_label(const char *dsn, char *out, size_t n) {
   }
   snprintf(out, n, "%s:%s/%s", host, port, db);
   PQconninfoFree(opts);
+}
+
+/* /readyz: every service outbox database has a connection up (the store's is the store's
+ * own dependency). */
+static bool outboxes_ready(void *arg) {
+  broker_relay_t *r = arg;
+  for (size_t i = 0; i < r->noutbox_pools; i++)
+    if (!bt_pg_pool_ready(r->outbox_pools[i]))
+      return false;
+  return true;
+}
+
+/* The metrics label of an outbox: "outbox:<database>", stable across replicas whatever the
+ * order of their lists, limited to characters that need no escaping in a label, and made
+ * unique within this list with "#<n>". */
+static void outbox_label(broker_relay_t *r, const char *dsn, char *out, size_t n) {
+  const char *db = "";
+  PQconninfoOption *opts = PQconninfoParse(dsn, NULL);
+  for (PQconninfoOption *o = opts; o && o->keyword; o++)
+    if (o->val && strcmp(o->keyword, "dbname") == 0)
+      db = o->val;
+  size_t len = (size_t)snprintf(out, n, "outbox:");
+  for (const char *c = db; *c && len + 4 < n; c++)
+    out[len++] = (strchr("\\\"\n", *c) || (unsigned char)*c < 0x20) ? '_' : *c;
+  out[len] = '\0';
+  PQconninfoFree(opts);
+  size_t base = len;
+  for (int k = 2;; k++) {
+    bool taken = false;
+    for (size_t i = 1; i < r->n && !taken; i++)
+      taken = strcmp(r->workers[i]->label, out) == 0;
+    if (!taken)
+      return;
+    snprintf(out + base, n - base, "#%d", k);
+  }
 }
 
 static int new_pool(broker_relay_t *r, const char *dsn, const char *name, bt_pg_pool_t **out) {
@@ -112,7 +154,7 @@ static int start_outboxes(broker_relay_t *r, const char *list) {
       t[--len] = '\0';
     if (!*t)
       continue;
-    char why[160], name[32], where[256];
+    char why[160], name[96], where[256];
     char *perr = NULL;
     PQconninfoOption *opts = PQconninfoParse(t, &perr);
     if (!opts) {
@@ -130,21 +172,22 @@ static int start_outboxes(broker_relay_t *r, const char *list) {
       rc = BT_EINVAL;
       break;
     }
-    snprintf(name, sizeof name, "outbox%zu", index);
+    outbox_label(r, t, name, sizeof name);
     bt_pg_pool_t *pool;
-    relay_worker_t *w = calloc(1, sizeof *w);
+    bt_outbox_relay_t *w = calloc(1, sizeof *w);
     if (!w || new_pool(r, t, name, &pool) != 0) {
       free(w);
       rc = BT_ENOMEM;
       break;
     }
-    if (relay_outbox_init(w, r->b, pool, name) != 0) {
+    if (relay_outbox_init(w, r->b, pool, name, &r->budget) != 0) {
       bt_pg_pool_close(pool);
       free(w);
       rc = BT_ENOMEM;
       break;
     }
     r->workers[r->n++] = w;
+    r->outbox_pools[r->noutbox_pools++] = pool;
     dsn_label(t, where, sizeof where);
     bt_log_info("relay: service outbox configured", "{s:s, s:s}", "relay", name, "database", where);
     index++;
@@ -153,7 +196,28 @@ static int start_outboxes(broker_relay_t *r, const char *list) {
   return rc;
 }
 
+/* The relays' producer, apart from publish's. Gap-less: when Kafka refuses a record, nothing
+ * after it in its partition is written (the handle goes fatal instead); the relay that sees
+ * the failure renews the handle and re-sends from its durable progress, so a stream's
+ * versions reach Kafka in order, duplicates possible (see outbox_relay.c). Publish keeps a
+ * producer where one bad record fails only itself. Its queue holds the relays' budget. */
+static int start_producer(broker_t *b) {
+  bt_kafka_producer_config_t kc = broker_producer_config(
+      b, (uint64_t)b->cfg.relay_max_inflight_msgs, (uint64_t)b->cfg.relay_max_inflight_bytes);
+  kc.name = "kafka_relay";
+  kc.gapless = true;
+  kc.renew_on_fatal = true;
+  char err[256];
+  if (bt_kafka_producer_new(&b->relay_producer, &b->app, &kc, err) != 0) {
+    bt_log_error("cannot create the relays' Kafka producer", "{s:s}", "error", err);
+    return BT_EINVAL;
+  }
+  return 0;
+}
+
 int broker_relay_start(broker_t *b) {
+  if (start_producer(b) != 0)
+    return BT_EINVAL;
   broker_relay_t *r = calloc(1, sizeof *r);
   if (!r)
     return BT_ENOMEM;
@@ -164,18 +228,27 @@ int broker_relay_start(broker_t *b) {
     free(r);
     return BT_EINVAL;
   }
+  const char *dl = b->cfg.relay_dead_letter_topic;
+  if (dl && *dl && !broker_topic_name_valid(dl)) {
+    config_error("BATON_BROKER_RELAY_DEAD_LETTER_TOPIC", "not a valid Kafka topic name");
+    broker_relay_routes_free(&r->routes);
+    free(r);
+    return BT_EINVAL;
+  }
   /* The store relay has a pool of its own rather than sharing the store's: its reads and
    * progress updates must not queue behind thousands of appends waiting for a group commit,
    * and it must not take connections from them. */
+  r->budget.max_msgs = (uint64_t)b->cfg.relay_max_inflight_msgs;
+  r->budget.max_bytes = (uint64_t)b->cfg.relay_max_inflight_bytes;
   bt_pg_pool_t *pool;
-  relay_worker_t *w = calloc(1, sizeof *w);
+  bt_outbox_relay_t *w = calloc(1, sizeof *w);
   if (!w || new_pool(r, b->cfg.pg_dsn, "relay", &pool) != 0) {
     free(w);
     broker_relay_routes_free(&r->routes);
     free(r);
     return BT_ENOMEM;
   }
-  if (relay_store_init(w, b, pool, &r->routes) != 0) {
+  if (relay_store_init(w, b, pool, &r->routes, &r->budget) != 0) {
     bt_pg_pool_close(pool);
     free(w);
     broker_relay_routes_free(&r->routes);
@@ -189,17 +262,28 @@ int broker_relay_start(broker_t *b) {
   b->relay = r;
   if (rc != 0)
     return rc;
-  relay_worker_register_metrics(r->workers, r->n);
-  for (size_t i = 0; i < r->n; i++)
-    relay_worker_start(r->workers[i]);
-  bt_log_info("relay started", "{s:s, s:i, s:I, s:I, s:I}", "routes",
+  if (r->noutbox_pools > 0)
+    bt_app_add_dependency(&b->app, "outboxes", outboxes_ready, r);
+  bt_outbox_relay_register_metrics(r->workers, r->n, &r->budget);
+  if (b->schema_ready)
+    broker_relay_go(b);
+  bt_log_info("relay started", "{s:s, s:i, s:I, s:I, s:I, s:s}", "routes",
               b->cfg.routes ? b->cfg.routes : "(category C -> C.events)", "outboxes",
               (int)(r->n - 1), "batch", (json_int_t)b->cfg.relay_batch, "poll_ms",
-              (json_int_t)b->cfg.relay_poll_ms, "lease_ms", (json_int_t)b->cfg.relay_lease_ms);
+              (json_int_t)b->cfg.relay_poll_ms, "lease_ms", (json_int_t)b->cfg.relay_lease_ms,
+              "dead_letter_topic", dl && *dl ? dl : "(none: hold)");
   return 0;
+}
+
+void broker_relay_go(broker_t *b) {
+  broker_relay_t *r = b->relay;
+  if (!r || b->app.state == BT_APP_DRAINING || b->app.state == BT_APP_CLOSING)
+    return; /* draining already: the relays were stopped before they started */
+  for (size_t i = 0; i < r->n; i++)
+    bt_outbox_relay_start(r->workers[i]);
 }
 
 void broker_relay_nudge(broker_t *b) {
   if (b->relay && b->relay->n > 0)
-    relay_worker_nudge(b->relay->workers[0]);
+    bt_outbox_relay_nudge(b->relay->workers[0]);
 }

@@ -19,6 +19,7 @@
 #include "publish.h"
 
 typedef struct relay_store {
+  const broker_t *b;
   const broker_relay_routes_t *routes; /* borrowed from the relay */
 } relay_store_t;
 
@@ -67,18 +68,18 @@ static const char ack_sql[] =
 enum { C_POSITION, C_STREAM, C_VERSION, C_ID, C_SOURCE, C_TYPE, C_SPECVERSION, C_SUBJECT,
        C_TIME, C_DATACONTENTTYPE, C_DATASCHEMA, C_DATA, C_EXTENSIONS };
 
-static size_t setup(relay_worker_t *w, relay_params_t *p, bt_pg_stmt_t *out, size_t max) {
+static size_t setup(bt_outbox_relay_t *w, bt_outbox_relay_params_t *p, bt_pg_stmt_t *out, size_t max) {
   BT_ASSERT(max >= 3);
-  p->v[0] = w->name;
+  p->v[0] = w->lease_name;
   out[0] = (bt_pg_stmt_t){setup_sql, 0, NULL};
   out[1] = (bt_pg_stmt_t){setup_progress_sql, 1, p->v};
   out[2] = (bt_pg_stmt_t){setup_lease_sql, 1, p->v};
   return 3;
 }
 
-static size_t read_stmts(relay_worker_t *w, relay_params_t *p, bt_pg_stmt_t *out) {
+static size_t read_stmts(bt_outbox_relay_t *w, bt_outbox_relay_params_t *p, bt_pg_stmt_t *out) {
   snprintf(p->buf[0], sizeof p->buf[0], "%zu", w->batch);
-  p->v[0] = w->name;
+  p->v[0] = w->lease_name;
   p->v[1] = p->buf[0];
   out[0] = (bt_pg_stmt_t){lag_sql, 1, p->v};
   out[1] = (bt_pg_stmt_t){read_sql, 2, p->v};
@@ -86,13 +87,12 @@ static size_t read_stmts(relay_worker_t *w, relay_params_t *p, bt_pg_stmt_t *out
 }
 
 
-static size_t on_read(relay_worker_t *w, const PGresult *const *res) {
+static size_t on_read(bt_outbox_relay_t *w, const PGresult *const *res) {
   relay_store_t *st = w->src;
   const PGresult *lag = res[0], *rows = res[1];
   if (PQntuples(lag) == 1) {
     double cursor = strtod(PQgetvalue(lag, 0, 0), NULL), head = strtod(PQgetvalue(lag, 0, 1), NULL);
-    bt_gauge_set(&w->stats.lag_events, head > cursor ? head - cursor : 0);
-    bt_gauge_set(&w->stats.lag_seconds, strtod(PQgetvalue(lag, 0, 2), NULL));
+    bt_outbox_relay_lag(w, head > cursor ? head - cursor : 0, strtod(PQgetvalue(lag, 0, 2), NULL));
   }
   static const char *const skip[] = {"stream", "streamversion", NULL};
   int n = PQntuples(rows);
@@ -100,13 +100,12 @@ static size_t on_read(relay_worker_t *w, const PGresult *const *res) {
     int64_t position = strtoll(PQgetvalue(rows, i, C_POSITION), NULL, 10);
     const char *stream = PQgetvalue(rows, i, C_STREAM);
     const char *version = PQgetvalue(rows, i, C_VERSION);
-    char buf[256], why[320];
+    char buf[256], why[320], detail[200];
+    const char *refused = NULL;
     const char *topic = broker_relay_routes_topic(st->routes, stream, buf, sizeof buf);
-    if (!topic || !broker_topic_name_valid(topic)) {
-      snprintf(why, sizeof why, "stream '%.100s' maps to '%.100s', not a valid topic name", stream,
-               topic ? topic : "(too long)");
-      relay_worker_poison(w, position, why);
-      break;
+    if (relay_worker_topic_refused(st->b, topic, detail, sizeof detail)) {
+      snprintf(why, sizeof why, "stream '%.100s': %s", stream, detail);
+      refused = why;
     }
     broker_event_t ev = {
         .id = PQgetvalue(rows, i, C_ID),
@@ -119,10 +118,12 @@ static size_t on_read(relay_worker_t *w, const PGresult *const *res) {
         .dataschema = relay_col(rows, i, C_DATASCHEMA),
     };
     /* The stream and its version travel as extensions of our own; a stored extension of the
-     * same name would make the header ambiguous, so ours wins. */
-    if (relay_worker_payload(w, position, &ev, relay_col(rows, i, C_DATA),
-                             relay_col(rows, i, C_EXTENSIONS), skip) != 0)
-      break;
+     * same name would make the header ambiguous, so ours wins. A row that cannot be decoded
+     * is rejected with what could be decoded (its coordinates always). */
+    if (!refused && relay_worker_payload(w, &ev, relay_col(rows, i, C_DATA),
+                                         relay_col(rows, i, C_EXTENSIONS), skip, why,
+                                         sizeof why) != 0)
+      refused = why;
     const bt_kafka_header_t extra[2] = {
         {"ce_stream", stream, strlen(stream)},
         {"ce_streamversion", version, strlen(version)},
@@ -132,21 +133,22 @@ static size_t on_read(relay_worker_t *w, const PGresult *const *res) {
      * the stream's order to survive in Kafka, and events of one stream may carry different
      * subjects. */
     const char *key = broker_event_key(&ev, stream);
-    if (relay_worker_produce(w, position, topic, key, &ev, extra, 2) != 0)
+    if (relay_worker_produce(w, position, topic, key, &ev, extra, 2, refused) != 0)
       break;
   }
   return (size_t)n;
 }
 
-static size_t ack(relay_worker_t *w, size_t n, relay_params_t *p, bt_pg_stmt_t *out) {
-  snprintf(p->buf[0], sizeof p->buf[0], "%lld", (long long)w->slots[n - 1].position);
-  p->v[0] = w->name;
+static size_t ack(bt_outbox_relay_t *w, size_t n, bt_outbox_relay_params_t *p,
+                  bt_pg_stmt_t *out) {
+  snprintf(p->buf[0], sizeof p->buf[0], "%lld", (long long)bt_outbox_relay_position(w, n - 1));
+  p->v[0] = w->lease_name;
   p->v[1] = p->buf[0];
   out[0] = (bt_pg_stmt_t){ack_sql, 2, p->v};
   return 1;
 }
 
-static const relay_source_ops_t store_ops = {
+static const bt_outbox_relay_source_t store_ops = {
     .setup = setup,
     .lease_table = "baton.relay_lease",
     .read = read_stmts,
@@ -154,13 +156,16 @@ static const relay_source_ops_t store_ops = {
     .ack = ack,
 };
 
-int relay_store_init(relay_worker_t *w, broker_t *b, bt_pg_pool_t *pool,
-                     const broker_relay_routes_t *routes) {
+int relay_store_init(bt_outbox_relay_t *w, broker_t *b, bt_pg_pool_t *pool,
+                     const broker_relay_routes_t *routes, bt_outbox_relay_budget_t *budget) {
   relay_store_t *st = calloc(1, sizeof *st);
   if (!st)
     return BT_ENOMEM;
+  st->b = b;
   st->routes = routes;
-  int rc = relay_worker_init(w, b, pool, true, &store_ops, st, "store");
+  bt_outbox_relay_config_t cfg;
+  relay_worker_config(b, "store", "store", &cfg);
+  int rc = bt_outbox_relay_init(w, &b->app, pool, true, b->relay_producer, budget, &cfg, &store_ops, st);
   if (rc != 0)
     free(st);
   return rc;

@@ -5,9 +5,11 @@
 #include "relay_route.h"
 #include "relay_worker.h"
 
-/* Initialises w (zeroed) as the store relay on its own pool, which it takes over; routes are
- * borrowed and must outlive the worker. Returns 0 or BT_ENOMEM. */
-int relay_store_init(relay_worker_t *w, broker_t *b, bt_pg_pool_t *pool,
-                     const broker_relay_routes_t *routes) BT_MUSTCHECK;
+/* Initialises w (zeroed) as the store relay (label and lease "store") on its own pool, which
+ * it takes over; routes and budget are borrowed and must outlive the relay. Returns 0 or
+ * BT_ENOMEM. */
+int relay_store_init(bt_outbox_relay_t *w, broker_t *b, bt_pg_pool_t *pool,
+                     const broker_relay_routes_t *routes, bt_outbox_relay_budget_t *budget)
+    BT_MUSTCHECK;
 
 #endif

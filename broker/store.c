@@ -32,21 +32,28 @@
 #include "group_commit.h"
 #include "log.h"
 #include "metrics.h"
+#include "publish.h"
+#include "relay_route.h"
 
 #define STREAM_NAME_MAX 200
-#define EVENT_ID_MAX 1000     /* keeps (stream, id) well inside a btree entry */
+#define EVENT_ID_MAX 1000     /* with SOURCE_MAX, keeps (stream, source, id) inside a btree entry */
+#define SOURCE_MAX 1000
+#define STREAM_HEADERS_BYTES 64 /* the relay's ce_stream and ce_streamversion, beside the name */
 #define GROUP_EVENTS_MIN 8192 /* events per group, unless one request may carry more */
 #define GROUP_CONCURRENCY 2   /* groups in flight; the 2nd only when a full group waits */
 #define READ_LIMIT_DEFAULT 100
 
 struct broker_store {
   broker_t *b;
+  /* BATON_BROKER_ROUTES, parsed here as well as by the relay: an append is refused unless its
+   * stream has a topic the relay can write, on this replica or on any other. */
+  broker_relay_routes_t routes;
   broker_group_commit_t *gc;
   broker_group_commit_stats_t gc_stats;
   struct {
     bt_counter_t requests, events, duplicates;
-    bt_counter_t conflict_version, conflict_partial;
-    bt_counter_t rejected_invalid, rejected_busy;
+    bt_counter_t conflict_version, conflict_partial, conflict_id, conflict_pkey;
+    bt_counter_t rejected_invalid, rejected_busy, rejected_unroutable, rejected_too_large;
     bt_counter_t failed_unavailable, failed_unknown, failed_error;
     bt_counter_t reads;
   } stats;
@@ -67,12 +74,13 @@ static bool stream_name_valid(const char *s) {
 
 static int cmp_event_id(const void *x, const void *y) {
   const broker_event_t *const *a = x, *const *b = y;
-  return strcmp((*a)->id, (*b)->id);
+  int c = strcmp((*a)->id, (*b)->id);
+  return c ? c : strcmp((*a)->source, (*b)->source);
 }
 
-/* Event ids must be unique within an append: the idempotency rule counts stored ids, and the
- * table's unique (stream, id) key would otherwise fail the whole group. Sorting keeps this
- * O(n log n) for any configured batch size. */
+/* (source, id) pairs must be unique within an append: the idempotency rule counts stored
+ * events, and the table's unique (stream, source, id) key would otherwise fail the whole
+ * group. Sorting keeps this O(n log n) for any configured batch size. */
 static int check_unique_ids(broker_event_t *events, size_t n, bt_arena_t *arena,
                             broker_parse_error_t *err) {
   const broker_event_t **sorted = bt_arena_alloc(arena, n * sizeof *sorted);
@@ -83,11 +91,12 @@ static int check_unique_ids(broker_event_t *events, size_t n, bt_arena_t *arena,
     sorted[i] = &events[i];
   qsort(sorted, n, sizeof *sorted, cmp_event_id);
   for (size_t i = 1; i < n; i++) {
-    if (strcmp(sorted[i - 1]->id, sorted[i]->id) != 0)
+    if (cmp_event_id(&sorted[i - 1], &sorted[i]) != 0)
       continue;
     int a = (int)(sorted[i - 1] - events), b = (int)(sorted[i] - events);
     return broker_parse_fail(err, 400, "duplicate_event_id", a > b ? a : b, "id",
-                      "events %d and %d have the same id '%.64s'; ids must be unique in an append",
+                      "events %d and %d have the same source and id '%.64s'; (source, id) must "
+                      "be unique in an append",
                       a < b ? a : b, a > b ? a : b, sorted[i]->id);
   }
   return 0;
@@ -163,6 +172,11 @@ static int parse_append(const char *body, size_t len, size_t max_events, bt_aren
                  i, EVENT_ID_MAX);
       goto out;
     }
+    if (strlen(evs[i].source) > SOURCE_MAX) {
+      broker_parse_fail(err, 400, "invalid_event", (int)i, "source",
+                        "event %zu: source is longer than %d bytes", i, SOURCE_MAX);
+      goto out;
+    }
   }
   if (check_unique_ids(evs, n, arena, err) != 0)
     goto out;
@@ -172,6 +186,47 @@ static int parse_append(const char *body, size_t len, size_t max_events, bt_aren
 out:
   json_decref(doc);
   return rc;
+}
+
+/* The relay publishes in position order, so an event it cannot write would stop it for
+ * every stream. Everything it needs is therefore checked here, before the event is stored:
+ * the stream's topic exists in name (the route gives a valid topic name) and is allowed by
+ * BATON_BROKER_TOPICS; every event fits in one Kafka record under message.max.bytes; and the
+ * events share one partitionkey (or none), which the stream then keeps (see migration 3 in
+ * store_schema.c), so that a stream stays in one partition. Sets *pkey to that key. */
+static int check_relayable(const broker_store_t *st, const char *stream,
+                           const broker_event_t *evs, size_t n, const char **pkey,
+                           broker_parse_error_t *err) {
+  char buf[STREAM_NAME_MAX + 16];
+  const char *topic = broker_relay_routes_topic(&st->routes, stream, buf, sizeof buf);
+  if (!topic || !broker_topic_name_valid(topic))
+    return broker_parse_fail(err, 400, "unroutable_stream", -1, NULL,
+                             "stream '%.64s' maps to topic '%.80s', not a valid Kafka topic name; "
+                             "use <category>-<id> or route the category in BATON_BROKER_ROUTES",
+                             stream, topic ? topic : "(too long)");
+  if (!broker_topic_allowed(st->b->cfg.topics, topic))
+    return broker_parse_fail(err, 400, "topic_not_allowed", -1, NULL,
+                             "stream '%.64s' maps to topic '%.80s', which BATON_BROKER_TOPICS "
+                             "does not allow",
+                             stream, topic);
+  const char *pk = broker_event_ext(&evs[0], "partitionkey");
+  for (size_t i = 0; i < n; i++) {
+    const char *k = broker_event_ext(&evs[i], "partitionkey");
+    if ((k == NULL) != (pk == NULL) || (k && strcmp(k, pk) != 0))
+      return broker_parse_fail(err, 400, "partitionkey_mismatch", (int)i, "partitionkey",
+                               "event %zu: partitionkey differs from event 0's; the events of a "
+                               "stream share one partitionkey (or none)",
+                               i);
+    size_t bytes = broker_event_record_bytes(&evs[i], k ? k : stream) + strlen(stream) +
+                   STREAM_HEADERS_BYTES;
+    if (bytes > (size_t)st->b->cfg.kafka_message_max)
+      return broker_parse_fail(err, 413, "event_too_large", (int)i, "data",
+                               "event %zu: its Kafka record would take about %zu bytes, over "
+                               "BATON_KAFKA_MESSAGE_MAX_BYTES (%lld)",
+                               i, bytes, (long long)st->b->cfg.kafka_message_max);
+  }
+  *pkey = pk;
+  return 0;
 }
 
 /* ---- answering ----------------------------------------------------------------------------- */
@@ -298,16 +353,53 @@ static void on_append_done(broker_append_t *a, const char *errmsg) {
                                    (json_int_t)a->current_version, "detail", detail));
     break;
   }
+  case BROKER_APPEND_ID_CONFLICT: {
+    bt_counter_inc(&st->stats.conflict_id);
+    const broker_event_t *ev = a->stored >= 0 && (size_t)a->stored < a->nevents
+                                   ? &a->events[a->stored]
+                                   : &a->events[0];
+    char detail[400];
+    snprintf(detail, sizeof detail,
+             "event %lld: source '%.64s' and id '%.64s' are stored in this stream with other "
+             "content; a retry must repeat the event exactly, a new event needs a new id",
+             (long long)a->stored, ev->source, ev->id);
+    bt_http_respond_json(req, 409,
+                         json_pack("{s:s, s:I, s:s, s:s, s:I, s:s}", "error", "id_conflict", "index",
+                                   (json_int_t)a->stored, "source", ev->source, "id", ev->id,
+                                   "current_version", (json_int_t)a->current_version, "detail",
+                                   detail));
+    break;
+  }
+  case BROKER_APPEND_PARTITIONKEY_CONFLICT: {
+    bt_counter_inc(&st->stats.conflict_pkey);
+    bt_http_respond_json(
+        req, 409,
+        json_pack("{s:s, s:I, s:s}", "error", "partitionkey_conflict", "current_version",
+                  (json_int_t)a->current_version, "detail",
+                  "the stream's events carry another partitionkey (or none); every event of a "
+                  "stream has the same one, which keeps the stream in one Kafka partition"));
+    break;
+  }
   case BROKER_APPEND_FAILED: respond_pg_failure(st, req, true, a->err, a->sqlstate, errmsg); break;
   default: bt_fatal("append: unknown status %d", (int)a->status);
   }
   append_free(ar);
 }
 
+bool broker_schema_ready(broker_t *b, bt_http_req_t *req) {
+  if (b->schema_ready)
+    return true;
+  broker_retry_after(b, req);
+  bt_http_respond_error(req, 503, "starting", "the event store schema is being migrated");
+  return false;
+}
+
 static void handle_append(bt_http_req_t *req, void *arg) {
   broker_store_t *st = arg;
   broker_t *b = st->b;
-  if (!broker_authorized(b, req))
+  if (!bt_auth_check(b->auth, req))
+    return;
+  if (!broker_schema_ready(b, req))
     return;
   bt_counter_inc(&st->stats.requests);
   const char *stream = bt_http_req_param(req, "stream");
@@ -347,6 +439,13 @@ static void handle_append(bt_http_req_t *req, void *arg) {
     append_free(ar);
     return;
   }
+  if (check_relayable(st, stream, a->events, a->nevents, &a->partitionkey, &perr) != 0) {
+    bt_counter_inc(perr.status == 413 ? &st->stats.rejected_too_large
+                                      : &st->stats.rejected_unroutable);
+    respond_parse_error(req, &perr);
+    append_free(ar);
+    return;
+  }
   int rc = broker_group_commit_submit(st->gc, a);
   if (rc != 0) {
     bt_counter_inc(&st->stats.rejected_busy);
@@ -365,13 +464,22 @@ static void handle_append(bt_http_req_t *req, void *arg) {
 
 /* One row per event of the page; with no event in range, one row whose event columns are
  * NULL; with no stream, no row. The stream's version comes from the same snapshot, so `next`
- * is exact. */
+ * is exact. A page ends after $3 events or once the events before it hold $4 bytes (data,
+ * extensions and attributes, as stored), whichever comes first; its first event is always
+ * in it. The sizes come from the values' headers: octet_length and pg_column_size do not
+ * detoast. */
 static const char READ_SQL[] =
     "SELECT s.version, e.version, e.position, e.id, e.type, e.source, e.specversion, e.subject, "
     "e.time, e.datacontenttype, e.dataschema, e.data, e.extensions "
     "FROM baton.streams AS s LEFT JOIN LATERAL ("
-    "  SELECT * FROM baton.events AS ev WHERE ev.stream = s.stream AND ev.version >= $2::bigint "
-    "  ORDER BY ev.version LIMIT $3::int) AS e ON true "
+    "  SELECT * FROM ("
+    "    SELECT ev.*, sum(w.bytes) OVER (ORDER BY ev.version) - w.bytes AS before "
+    "    FROM baton.events AS ev, LATERAL (SELECT coalesce(octet_length(ev.data), 0) + "
+    "      coalesce(pg_column_size(ev.extensions), 0) + octet_length(ev.id) + "
+    "      octet_length(ev.source) + octet_length(ev.type) + 64 AS bytes) AS w "
+    "    WHERE ev.stream = s.stream AND ev.version >= $2::bigint "
+    "    ORDER BY ev.version LIMIT $3::int) AS page "
+    "  WHERE page.before < $4::bigint) AS e ON true "
     "WHERE s.stream = $1 ORDER BY e.version";
 
 typedef struct read_req {
@@ -493,7 +601,9 @@ static void on_read_done(const bt_pg_result_t *r, void *arg) {
 static void handle_read(bt_http_req_t *req, void *arg) {
   broker_store_t *st = arg;
   broker_t *b = st->b;
-  if (!broker_authorized(b, req))
+  if (!bt_auth_check(b->auth, req))
+    return;
+  if (!broker_schema_ready(b, req))
     return;
   bt_counter_inc(&st->stats.reads);
   const char *stream = bt_http_req_param(req, "stream");
@@ -523,11 +633,12 @@ static void handle_read(bt_http_req_t *req, void *arg) {
   rr->st = st;
   rr->req = req;
   snprintf(rr->stream, sizeof rr->stream, "%s", stream);
-  char sfrom[24], slimit[24];
+  char sfrom[24], slimit[24], sbytes[24];
   snprintf(sfrom, sizeof sfrom, "%lld", (long long)from);
   snprintf(slimit, sizeof slimit, "%lld", (long long)limit);
-  const char *values[] = {rr->stream, sfrom, slimit};
-  int rc = bt_pg_pool_query(b->pg, READ_SQL, 3, values, on_read_done, rr);
+  snprintf(sbytes, sizeof sbytes, "%lld", (long long)b->cfg.read_bytes_max);
+  const char *values[] = {rr->stream, sfrom, slimit, sbytes};
+  int rc = bt_pg_pool_query(b->pg, READ_SQL, 4, values, on_read_done, rr);
   if (rc != 0) {
     respond_pg_failure(st, req, false, rc, NULL, bt_strerror(rc));
     free(rr);
@@ -549,6 +660,18 @@ static void register_metrics(broker_store_t *st) {
   bt_metrics_counter(&st->stats.conflict_partial,
                      "baton_broker_append_conflicts_total{reason=\"partial_duplicate\"}",
                      "Appends refused with 409.");
+  bt_metrics_counter(&st->stats.conflict_id,
+                     "baton_broker_append_conflicts_total{reason=\"id_conflict\"}",
+                     "Appends refused with 409.");
+  bt_metrics_counter(&st->stats.conflict_pkey,
+                     "baton_broker_append_conflicts_total{reason=\"partitionkey_conflict\"}",
+                     "Appends refused with 409.");
+  bt_metrics_counter(&st->stats.rejected_unroutable,
+                     "baton_broker_append_rejected_total{reason=\"unroutable\"}",
+                     "Appends refused before reaching Postgres.");
+  bt_metrics_counter(&st->stats.rejected_too_large,
+                     "baton_broker_append_rejected_total{reason=\"too_large\"}",
+                     "Appends refused before reaching Postgres.");
   bt_metrics_counter(&st->stats.rejected_invalid,
                      "baton_broker_append_rejected_total{reason=\"invalid\"}",
                      "Appends refused before reaching Postgres.");
@@ -580,6 +703,13 @@ int broker_store_start(broker_t *b) {
   if (!st)
     return BT_ENOMEM;
   st->b = b;
+  char err[256];
+  int rc = broker_relay_routes_parse(&st->routes, b->cfg.routes, err, sizeof err);
+  if (rc != 0) {
+    bt_log_error("invalid BATON_BROKER_ROUTES", "{s:s}", "error", err);
+    free(st);
+    return rc;
+  }
   size_t events_max =
       (size_t)b->cfg.max_batch > GROUP_EVENTS_MIN ? (size_t)b->cfg.max_batch : GROUP_EVENTS_MIN;
   broker_group_commit_config_t gcc = {
@@ -587,21 +717,23 @@ int broker_store_start(broker_t *b) {
       .app = &b->app,
       .batch_max = (size_t)b->cfg.append_batch_max,
       .events_max = events_max,
+      .bytes_max = (size_t)b->cfg.append_group_bytes,
       .queue_max = (size_t)b->cfg.append_queue_max,
       .concurrency = GROUP_CONCURRENCY,
       .stats = &st->gc_stats,
       .committed = on_committed,
       .arg = st,
   };
-  int rc = broker_group_commit_new(&st->gc, &gcc);
+  rc = broker_group_commit_new(&st->gc, &gcc);
   if (rc != 0) {
     bt_log_error("cannot create the group commit", "{s:s}", "error", bt_strerror(rc));
+    broker_relay_routes_free(&st->routes);
     free(st);
     return rc;
   }
   register_metrics(st);
-  bt_http_server_route(b->http, "POST", "/v1/streams/{stream}/events", handle_append, st);
-  bt_http_server_route(b->http, "GET", "/v1/streams/{stream}/events", handle_read, st);
+  bt_http_server_route_auth(b->http, "POST", "/v1/streams/{stream}/events", handle_append, st);
+  bt_http_server_route_auth(b->http, "GET", "/v1/streams/{stream}/events", handle_read, st);
   b->store = st;
   bt_log_info("event store ready", "{s:i, s:i, s:i}", "append_batch", (int)b->cfg.append_batch_max,
               "append_queue", (int)b->cfg.append_queue_max, "group_concurrency", GROUP_CONCURRENCY);

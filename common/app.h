@@ -34,7 +34,9 @@ struct bt_app {
   const char *svc;
   bt_app_state_t state;
   uint64_t shutdown_timeout_ms;
-  int exit_code;
+  int exit_code;       /* returned by bt_app_run; set by bt_app_fail() */
+  bool failed;         /* bt_app_fail() was called: /healthz answers 503 */
+  char fail_reason[256];
   unsigned holds; /* components still finishing in-flight work during the drain */
   uv_signal_t sigterm, sigint;
   uv_timer_t deadline;
@@ -65,12 +67,25 @@ void bt_app_add_dependency(bt_app_t *app, const char *name, bt_app_ready_cb read
 bool bt_app_ready(bt_app_t *app, bt_buf_t *detail);
 void bt_app_hold(bt_app_t *app);
 void bt_app_release(bt_app_t *app);
+/* The drain hold of a component with a condition: holds while `want` is true and releases
+ * once it is not. `*held` (the component's own flag, initially false) remembers whether it
+ * holds now, so calling this after every change of the condition is enough. */
+void bt_app_hold_while(bt_app_t *app, bool *held, bool want);
+/* Crash-only: a component hit an error it cannot recover from (a fenced Kafka producer, say).
+ * Liveness turns false at once (/healthz 503 with `reason`), the exit code becomes
+ * exit_code (kept if one was set before), and the drain starts, so the process ends and is
+ * restarted instead of living on unable to work. reason is copied. */
+void bt_app_fail(bt_app_t *app, int exit_code, const char *reason);
+/* Liveness: false after bt_app_fail(). If detail is non-NULL, appends a JSON object
+ * {"status":"ok"} or {"status":"failed","reason":..}. */
+bool bt_app_live(bt_app_t *app, bt_buf_t *detail);
 /* Starts the drain as SIGTERM would. */
 void bt_app_shutdown(bt_app_t *app);
-/* Marks the app running and runs the loop until shutdown completes. Returns the exit code
- * (0 after a clean drain; past the deadline the process exits 1 at once). */
+/* Marks the app running and runs the loop until shutdown completes: the drain is over and
+ * every close hook has finished, asynchronous ones included. Returns exit_code (0 after a
+ * clean drain, the bt_app_fail() code otherwise). The shutdown deadline covers the drain and
+ * the close hooks alike: past it the process _exits at once with exit_code, or 1 if none was
+ * set; an alarm() one second later is the backstop for a hook that blocks the loop thread. */
 int bt_app_run(bt_app_t *app);
-/* Milliseconds from CLOCK_MONOTONIC, cached per loop iteration (uv_now). */
-uint64_t bt_app_now_ms(bt_app_t *app);
 
 #endif

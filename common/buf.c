@@ -74,15 +74,6 @@ void bt_buf_consume(bt_buf_t *b, size_t n) {
   b->len -= n;
 }
 
-char *bt_buf_steal(bt_buf_t *b, size_t *len) {
-  char *p = b->data;
-  if (len)
-    *len = b->len;
-  b->data = NULL;
-  b->len = b->cap = 0;
-  return p;
-}
-
 int bt_buf_append_json_string(bt_buf_t *b, const char *s) {
   int rc = bt_buf_append(b, "\"", 1);
   const char *run = s;

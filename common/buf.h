@@ -24,7 +24,5 @@ int bt_buf_appendf(bt_buf_t *b, const char *fmt, ...) BT_PRINTF(2, 3) BT_MUSTCHE
 int bt_buf_append_json_string(bt_buf_t *b, const char *s) BT_MUSTCHECK;
 /* Drops the first n bytes (n <= len). */
 void bt_buf_consume(bt_buf_t *b, size_t n);
-/* Takes ownership of the buffer's memory; the buffer is left empty. */
-char *bt_buf_steal(bt_buf_t *b, size_t *len);
 
 #endif

@@ -6,10 +6,12 @@
 #include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
+#include <libpq-fe.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "http_server.h"
 #include "log.h"
 
 extern char **environ;
@@ -70,6 +72,7 @@ static bool enum_contains(const char *choices, const char *value) {
   return false;
 }
 
+/* Parses one value into v->target; on a bad value writes a message naming the variable. */
 int bt_config_parse_value(const bt_config_var_t *v, const char *value, char *err, size_t errsz) {
   int64_t num = 0;
   switch (v->type) {
@@ -157,28 +160,226 @@ void bt_config_print_help(FILE *out, const bt_config_var_t *vars, size_t n) {
   }
 }
 
-/* Masks "user:password@" in a URL or DSN and password=... in a key/value DSN. */
-static void mask_url(const char *in, char *out, size_t outsz) {
-  snprintf(out, outsz, "%s", in);
-  char *scheme = strstr(out, "://");
-  char *at = scheme ? strchr(scheme + 3, '@') : NULL;
-  char *colon = scheme && at ? memchr(scheme + 3, ':', (size_t)(at - scheme - 3)) : NULL;
-  if (colon) {
-    memmove(colon + 4, at, strlen(at) + 1);
-    memcpy(colon + 1, "***", 3);
+/* ---- Masking secrets in connection strings ------------------------------------------------
+ * A value flagged BT_CFG_SECRET_URL is a list of Postgres DSNs (keyword=value or URI form) or
+ * URLs (redis://user:pass@host), separated by commas or white space. The masker walks it with
+ * libpq's grammar (quotes, backslash escapes) and replaces the value of every keyword libpq
+ * itself treats as a password (dispchar "*": password, sslpassword, ...) and every URL's
+ * password. Each Postgres entry is then parsed again with PQconninfoParse: if any secret of
+ * the masked text is not "***" (a form the walk did not foresee) or the entry does not parse,
+ * the whole entry is shown as "***". A secret never reaches the log by a parse we got wrong. */
+
+/* Whether libpq marks keyword (len bytes, not terminated) as a password. */
+static bool pq_secret_keyword(const char *kw, size_t len) {
+  static PQconninfoOption *all; /* every keyword libpq knows; kept for the process */
+  if (!all)
+    all = PQconninfoParse("", NULL);
+  for (const PQconninfoOption *o = all; o && o->keyword; o++)
+    if (o->dispchar && o->dispchar[0] == '*' && strlen(o->keyword) == len &&
+        strncmp(o->keyword, kw, len) == 0)
+      return true;
+  /* Without libpq's table, the one keyword every client knows. */
+  return !all && len == 8 && strncmp(kw, "password", 8) == 0;
+}
+
+/* Length of "scheme://" at p, or 0. */
+static size_t scheme_len(const char *p) {
+  size_t n = 0;
+  if (!isalpha((unsigned char)p[0]))
+    return 0;
+  while (isalnum((unsigned char)p[n]) || p[n] == '+' || p[n] == '.' || p[n] == '-')
+    n++;
+  return strncmp(p + n, "://", 3) == 0 ? n + 3 : 0;
+}
+
+/* Length of "keyword =" at p (white space allowed around), or 0. */
+static size_t keyword_eq_len(const char *p, size_t *kwlen) {
+  size_t n = 0;
+  while (isalnum((unsigned char)p[n]) || p[n] == '_')
+    n++;
+  if (n == 0)
+    return 0;
+  *kwlen = n;
+  size_t e = n + strspn(p + n, " \t\n\r");
+  return p[e] == '=' ? e + 1 : 0;
+}
+
+/* Whether an entry of the list starts at p (after a comma): a URL or keyword=. Otherwise the
+ * comma belongs to the current value (a multi-host "host=a,b" or "postgres://a:1,b:2/db"). */
+static bool at_entry_start(const char *p) {
+  size_t kw;
+  p += strspn(p, " \t\n\r");
+  return *p == '\0' || *p == ',' || scheme_len(p) > 0 || keyword_eq_len(p, &kw) > 0;
+}
+
+/* End of a keyword's value at p: a quoted string or a word, both with backslash escapes, as
+ * libpq reads them; an unquoted word also ends at a comma that starts a new entry. */
+static const char *value_end(const char *p) {
+  if (*p == '\'') {
+    for (p++; *p && *p != '\''; p++)
+      if (*p == '\\' && p[1])
+        p++;
+    return *p ? p + 1 : p;
   }
-  char *pw = strstr(out, "password=");
-  if (pw) {
-    char *end = pw + 9;
-    while (*end && *end != ' ' && *end != '&')
-      end++;
-    memmove(pw + 12, end, strlen(end) + 1);
-    memcpy(pw + 9, "***", 3);
+  for (; *p && !isspace((unsigned char)*p); p++) {
+    if (*p == '\\' && p[1])
+      p++;
+    else if (*p == ',' && at_entry_start(p + 1))
+      break;
   }
+  return p;
+}
+
+static int put(bt_buf_t *o, const char *p, size_t n) { return bt_buf_append(o, p, n); }
+
+static bool is_pg_url(const char *u) {
+  return strncmp(u, "postgres://", 11) == 0 || strncmp(u, "postgresql://", 13) == 0;
+}
+
+/* Decodes %XX escapes of s[0..n) into out (at most outsz-1 bytes), for comparing keys. */
+static void pct_decode(const char *s, size_t n, char *out, size_t outsz) {
+  size_t j = 0;
+  for (size_t i = 0; i < n && j + 1 < outsz; i++) {
+    if (s[i] == '%' && i + 2 < n && isxdigit((unsigned char)s[i + 1]) &&
+        isxdigit((unsigned char)s[i + 2])) {
+      char hex[3] = {s[i + 1], s[i + 2], '\0'};
+      out[j++] = (char)strtol(hex, NULL, 16);
+      i += 2;
+    } else {
+      out[j++] = s[i];
+    }
+  }
+  out[j] = '\0';
+}
+
+/* Masks one URL of n bytes: the password of its user info and secret query parameters. */
+static int mask_url(bt_buf_t *o, const char *u, size_t n, size_t slen) {
+  bool pg = is_pg_url(u);
+  const char *end = u + n, *auth = u + slen;
+  const char *auth_end = auth;
+  while (auth_end < end && *auth_end != '/' && *auth_end != '?' && *auth_end != '#')
+    auth_end++;
+  const char *at = NULL;
+  for (const char *q = auth; q < auth_end; q++)
+    if (*q == '@')
+      at = q;
+  int rc = put(o, u, slen);
+  const char *p = auth;
+  if (at) {
+    const char *colon = memchr(auth, ':', (size_t)(at - auth));
+    if (colon)
+      rc = rc ? rc : put(o, auth, (size_t)(colon - auth + 1));
+    /* redis://secret@host: some clients read a lone user info as the password. */
+    if (colon || !pg)
+      rc = rc ? rc : put(o, "***", 3);
+    else
+      rc = rc ? rc : put(o, auth, (size_t)(at - auth));
+    p = at;
+  }
+  const char *query = memchr(p, '?', (size_t)(end - p));
+  if (!query)
+    return rc ? rc : put(o, p, (size_t)(end - p));
+  rc = rc ? rc : put(o, p, (size_t)(query + 1 - p));
+  for (p = query + 1; p < end && rc == 0;) {
+    const char *amp = memchr(p, '&', (size_t)(end - p));
+    const char *pend = amp ? amp : end;
+    const char *eq = memchr(p, '=', (size_t)(pend - p));
+    char key[64];
+    pct_decode(p, (size_t)((eq ? eq : pend) - p), key, sizeof key);
+    if (eq && (pq_secret_keyword(key, strlen(key)) || strcmp(key, "password") == 0)) {
+      rc = put(o, p, (size_t)(eq + 1 - p));
+      rc = rc ? rc : put(o, "***", 3);
+    } else {
+      rc = put(o, p, (size_t)(pend - p));
+    }
+    if (amp && rc == 0)
+      rc = put(o, "&", 1);
+    p = amp ? amp + 1 : end;
+  }
+  return rc;
+}
+
+/* Checks the masked Postgres entry at o->data[from..]: it must parse, and every secret in it
+ * must read "***"; otherwise the entry is replaced by "***". */
+static int verify_pg_entry(bt_buf_t *o, size_t from) {
+  if (o->len == from)
+    return 0;
+  char *text = strndup(o->data + from, o->len - from);
+  if (!text)
+    return BT_ENOMEM;
+  bool ok = true;
+  PQconninfoOption *opts = PQconninfoParse(text, NULL);
+  ok = opts != NULL;
+  for (PQconninfoOption *x = opts; x && x->keyword && ok; x++)
+    if (x->val && x->dispchar && x->dispchar[0] == '*')
+      ok = strcmp(x->val, "***") == 0;
+  PQconninfoFree(opts);
+  free(text);
+  if (ok)
+    return 0;
+  o->len = from;
+  return put(o, "***", 3);
+}
+
+int bt_config_mask_secrets(const char *in, bt_buf_t *out) {
+  int rc = 0;
+  size_t entry = out->len;  /* where the current keyword=value entry began in out */
+  bool in_kv_entry = false; /* keyword=value pairs since the last entry boundary */
+  for (const char *p = in; *p && rc == 0;) {
+    size_t slen, kwlen = 0, eqlen;
+    if (isspace((unsigned char)*p) || *p == ',') {
+      if (*p == ',' && in_kv_entry) {
+        rc = verify_pg_entry(out, entry);
+        in_kv_entry = false;
+      }
+      rc = rc ? rc : put(out, p, 1);
+      p++;
+    } else if ((slen = scheme_len(p)) > 0) {
+      if (in_kv_entry)
+        rc = verify_pg_entry(out, entry);
+      in_kv_entry = false;
+      const char *e = p;
+      while (*e && !isspace((unsigned char)*e) && !(*e == ',' && at_entry_start(e + 1)))
+        e++;
+      size_t from = out->len;
+      rc = rc ? rc : mask_url(out, p, (size_t)(e - p), slen);
+      if (rc == 0 && is_pg_url(p))
+        rc = verify_pg_entry(out, from);
+      p = e;
+    } else if ((eqlen = keyword_eq_len(p, &kwlen)) > 0) {
+      if (!in_kv_entry)
+        entry = out->len;
+      in_kv_entry = true;
+      const char *v = p + eqlen + strspn(p + eqlen, " \t\n\r");
+      const char *e = value_end(v);
+      if (pq_secret_keyword(p, kwlen)) {
+        rc = put(out, p, kwlen);
+        rc = rc ? rc : put(out, "=***", 4);
+      } else {
+        rc = put(out, p, (size_t)(e - p));
+      }
+      p = e;
+    } else {
+      /* Not a form we know: it could be anything, a bare password included. */
+      if (!in_kv_entry)
+        entry = out->len;
+      in_kv_entry = true;
+      const char *e = p;
+      while (*e && !isspace((unsigned char)*e) && *e != ',')
+        e++;
+      rc = put(out, "***", 3);
+      p = e;
+    }
+  }
+  if (rc == 0 && in_kv_entry)
+    rc = verify_pg_entry(out, entry);
+  return rc;
 }
 
 void bt_config_log(const bt_config_var_t *vars, size_t n) {
   json_t *cfg = json_object();
+  bt_buf_t shown;
+  bt_buf_init(&shown, 1 << 20);
   for (size_t i = 0; i < n; i++) {
     const bt_config_var_t *v = &vars[i];
     const char *raw = getenv(v->name);
@@ -188,20 +389,27 @@ void bt_config_log(const bt_config_var_t *vars, size_t n) {
       json_object_set_new(cfg, v->name, json_null());
       continue;
     }
-    char shown[512];
+    bt_buf_reset(&shown);
+    int rc = 0;
     if (v->flags & BT_CFG_SECRET)
-      snprintf(shown, sizeof shown, "%s", *raw ? "***" : "");
+      rc = bt_buf_append(&shown, "***", *raw ? 3 : 0);
     else if (v->flags & BT_CFG_SECRET_URL)
-      mask_url(raw, shown, sizeof shown - 4);
+      rc = bt_config_mask_secrets(raw, &shown);
     else
-      snprintf(shown, sizeof shown, "%s", raw);
-    json_object_set_new(cfg, v->name, json_string(shown));
+      rc = bt_buf_append(&shown, raw, strlen(raw));
+    if (rc == 0 && bt_buf_append(&shown, "", 0) == 0)
+      json_object_set_new(cfg, v->name, json_stringn(shown.data, shown.len));
+    else
+      json_object_set_new(cfg, v->name, json_string("(too long to show)"));
   }
+  bt_buf_free(&shown);
   bt_log(BT_LOG_INFO, "effective configuration", "{s:O}", "config", cfg);
   json_decref(cfg);
 }
 
-void bt_config_warn_unknown(const bt_config_var_t *vars, size_t n) {
+/* Warns about BATON_* variables in the environment that the table does not name (typos).
+ * BATON_DEV_* and BATON_TEST_* belong to the dev stack and are ignored. */
+static void warn_unknown(const bt_config_var_t *vars, size_t n) {
   for (char **e = environ; *e; e++) {
     if (strncmp(*e, "BATON_", 6) != 0 || strncmp(*e, "BATON_DEV_", 10) == 0 ||
         strncmp(*e, "BATON_TEST_", 11) == 0)
@@ -215,13 +423,15 @@ void bt_config_warn_unknown(const bt_config_var_t *vars, size_t n) {
   }
 }
 
-void bt_common_config_limits(const bt_common_config_t *cfg, bt_http_limits_t *limits) {
+void bt_common_config_limits(const bt_common_config_t *cfg, struct bt_http_limits *limits) {
   bt_http_limits_default(limits);
   limits->max_body_bytes = (size_t)cfg->max_body;
   limits->max_header_bytes = (size_t)cfg->max_header;
   limits->header_timeout_ms = (uint64_t)cfg->header_timeout_ms;
   limits->idle_timeout_ms = (uint64_t)cfg->idle_timeout_ms;
   limits->max_connections = (unsigned)cfg->max_connections;
+  limits->write_timeout_ms = (uint64_t)cfg->write_timeout_ms;
+  limits->max_buffered_bytes = (size_t)cfg->max_buffered;
 }
 
 void bt_config_startup(const char *svc, int argc, char **argv, const bt_config_var_t *vars,
@@ -244,6 +454,7 @@ void bt_config_startup(const char *svc, int argc, char **argv, const bt_config_v
   if (bt_log_level_parse(common->log_level, &level) != 0)
     bt_fatal("config: log level %s passed validation but does not parse", common->log_level);
   bt_log_init(svc, level);
+  bt_log_set_buffer((size_t)common->log_buffer, 0, 0);
   bt_config_log(vars, n);
-  bt_config_warn_unknown(vars, n);
+  warn_unknown(vars, n);
 }

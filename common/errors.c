@@ -24,6 +24,7 @@ void bt_fatal(const char *fmt, ...) {
   vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
   bt_log(BT_LOG_FATAL, buf, NULL);
+  bt_log_flush(); /* abort() runs no atexit handlers */
   fflush(stdout);
   abort();
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "fsm.h"
 #include "http_conn.h"
 #include "log.h"
 #include "metrics.h"
@@ -20,7 +21,21 @@ typedef struct {
   const char *pattern;
   bt_http_handler_fn fn;
   void *arg;
+  bool auth; /* the server's auth hook runs at headers-complete */
 } route_t;
+
+/* LISTENING: accepting. DRAINING: the listener is closing and connections finish their answers;
+ * the app's drain is held. DRAINED: the listener and every connection have closed and the hold
+ * is released. */
+typedef enum { SRV_LISTENING, SRV_DRAINING, SRV_DRAINED, SRV_NSTATES } srv_state_t;
+
+static const char *const srv_state_names[SRV_NSTATES] = {"listening", "draining", "drained"};
+static const uint32_t srv_legal[SRV_NSTATES] = {
+    [SRV_LISTENING] = BT_FSM_BIT(SRV_DRAINING),
+    [SRV_DRAINING] = BT_FSM_BIT(SRV_DRAINED),
+    [SRV_DRAINED] = 0,
+};
+static bt_fsm_def_t srv_fsm = {"http server", SRV_NSTATES, srv_state_names, srv_legal, {{0}}};
 
 struct bt_http_server {
   bt_app_t *app;
@@ -28,11 +43,12 @@ struct bt_http_server {
   bt_http_limits_t limits;
   route_t routes[MAX_ROUTES];
   unsigned nroutes;
+  bt_http_auth_fn auth;
+  void *auth_arg;
   bt_http_conn_t *conns; /* open connections, for draining */
   unsigned nconns;
-  bool listening;
-  bool draining_held; /* holds the app's drain until the last connection closes */
-  bool closed;        /* the listener's close callback ran */
+  srv_state_t state;
+  bool listener_closed; /* the listener's close callback ran */
   int port;
 };
 
@@ -42,9 +58,15 @@ static struct {
   bt_counter_t requests;
   bt_counter_t by_class[5]; /* 1xx..5xx */
   bt_counter_t rejected_conns;
+  bt_counter_t write_timeouts, deadlines, aborted, overloaded;
   bt_histogram_t latency;
   bt_gauge_t conns;
 } stats;
+
+static double buffered_bytes(void *arg) {
+  (void)arg;
+  return (double)bt__http_budget_used();
+}
 
 static void register_stats(void) {
   if (stats.registered)
@@ -60,6 +82,19 @@ static void register_stats(void) {
   bt_metrics_counter(&stats.rejected_conns, "baton_http_rejected_connections_total",
                      "Connections refused because max_connections was reached.");
   bt_metrics_gauge(&stats.conns, "baton_http_open_connections", "Open HTTP connections.");
+  bt_metrics_counter(&stats.write_timeouts, "baton_http_write_timeouts_total",
+                     "Connections reset because queued output made no progress in time.");
+  bt_metrics_counter(&stats.deadlines, "baton_http_deadline_answers_total",
+                     "Requests the runtime answered because the handler missed its deadline.");
+  bt_metrics_counter(&stats.aborted, "baton_http_aborted_requests_total",
+                     "Requests whose client went away before the answer.");
+  bt_metrics_counter(&stats.overloaded, "baton_http_overloaded_total",
+                     "Requests refused with 503 because the buffer budget was spent.");
+  bt_metrics_gauge_fn("baton_http_buffered_bytes",
+                      "Bytes of HTTP input, bodies and output buffered in this process.",
+                      buffered_bytes, NULL);
+  bt__http_conn_register_metrics();
+  bt_fsm_register(&srv_fsm, "baton_http_servers", "HTTP servers by state.");
   bt_metrics_histogram(&stats.latency, "baton_http_request_duration_seconds",
                        "Time from a complete request to its response.", NULL, 0);
 }
@@ -69,36 +104,9 @@ void bt_http_limits_default(bt_http_limits_t *l) {
   l->max_header_bytes = 16 << 10;
   l->header_timeout_ms = 10000;
   l->idle_timeout_ms = 60000;
+  l->write_timeout_ms = 5000;
   l->max_connections = 4096;
-  l->max_response_bytes = 16 << 20;
-}
-
-const char *bt_http_status_text(int status) {
-  switch (status) {
-  case 100: return "Continue";
-  case 200: return "OK";
-  case 201: return "Created";
-  case 202: return "Accepted";
-  case 204: return "No Content";
-  case 400: return "Bad Request";
-  case 401: return "Unauthorized";
-  case 403: return "Forbidden";
-  case 404: return "Not Found";
-  case 405: return "Method Not Allowed";
-  case 408: return "Request Timeout";
-  case 409: return "Conflict";
-  case 413: return "Payload Too Large";
-  case 415: return "Unsupported Media Type";
-  case 422: return "Unprocessable Entity";
-  case 429: return "Too Many Requests";
-  case 431: return "Request Header Fields Too Large";
-  case 500: return "Internal Server Error";
-  case 502: return "Bad Gateway";
-  case 503: return "Service Unavailable";
-  case 504: return "Gateway Timeout";
-  case 505: return "HTTP Version Not Supported";
-  default: return "Unknown";
-  }
+  l->max_buffered_bytes = (size_t)128 << 20;
 }
 
 /* ---- the connection's contract ------------------------------------------------------------ */
@@ -106,7 +114,21 @@ const char *bt_http_status_text(int status) {
 const bt_http_limits_t *bt__http_server_limits(bt_http_server_t *srv) { return &srv->limits; }
 uv_loop_t *bt__http_server_loop(bt_http_server_t *srv) { return srv->app->loop; }
 
-void bt__http_server_responded(bt_http_server_t *srv, bt_http_req_t *req, int status) {
+bool bt__http_server_draining(bt_http_server_t *srv) { return srv->state != SRV_LISTENING; }
+
+void bt__http_server_count(bt_http_server_t *srv, const char *what) {
+  (void)srv;
+  if (strcmp(what, "write_timeout") == 0)
+    bt_counter_inc(&stats.write_timeouts);
+  else if (strcmp(what, "deadline") == 0)
+    bt_counter_inc(&stats.deadlines);
+  else if (strcmp(what, "aborted") == 0)
+    bt_counter_inc(&stats.aborted);
+  else if (strcmp(what, "overloaded") == 0)
+    bt_counter_inc(&stats.overloaded);
+}
+
+void bt__http_server_responded(bt_http_server_t *srv, const bt_http_req_t *req, int status) {
   bt_counter_inc(&stats.requests);
   if (status >= 100 && status < 600)
     bt_counter_inc(&stats.by_class[status / 100 - 1]);
@@ -115,11 +137,25 @@ void bt__http_server_responded(bt_http_server_t *srv, bt_http_req_t *req, int st
                          (double)(uv_now(srv->app->loop) - req->started_ms) / 1000.0);
 }
 
+static void set_state(bt_http_server_t *srv, srv_state_t next) {
+  bt_fsm_move(&srv_fsm, srv->state, next, NULL);
+  srv->state = next;
+}
+
 static void maybe_finish_drain(bt_http_server_t *srv) {
-  if (srv->draining_held && srv->nconns == 0 && srv->closed) {
-    srv->draining_held = false;
+  if (srv->state == SRV_DRAINING && srv->nconns == 0 && srv->listener_closed) {
+    set_state(srv, SRV_DRAINED);
     bt_app_release(srv->app);
   }
+}
+
+void bt__http_server_conn_opened(bt_http_server_t *srv, bt_http_conn_t *c) {
+  c->next = srv->conns;
+  if (srv->conns)
+    srv->conns->prev = c;
+  srv->conns = c;
+  srv->nconns++;
+  bt_gauge_set(&stats.conns, srv->nconns);
 }
 
 void bt__http_server_conn_closed(bt_http_server_t *srv, bt_http_conn_t *c) {
@@ -140,7 +176,18 @@ void bt__http_server_conn_closed(bt_http_server_t *srv, bt_http_conn_t *c) {
 void bt_http_server_route(bt_http_server_t *s, const char *method, const char *pattern,
                           bt_http_handler_fn fn, void *arg) {
   BT_ASSERT(s->nroutes < MAX_ROUTES);
-  s->routes[s->nroutes++] = (route_t){method, pattern, fn, arg};
+  s->routes[s->nroutes++] = (route_t){method, pattern, fn, arg, false};
+}
+
+void bt_http_server_route_auth(bt_http_server_t *s, const char *method, const char *pattern,
+                               bt_http_handler_fn fn, void *arg) {
+  BT_ASSERT(s->nroutes < MAX_ROUTES);
+  s->routes[s->nroutes++] = (route_t){method, pattern, fn, arg, true};
+}
+
+void bt_http_server_set_auth(bt_http_server_t *s, bt_http_auth_fn fn, void *arg) {
+  s->auth = fn;
+  s->auth_arg = arg;
 }
 
 /* Matches the raw (still percent-encoded) path against a pattern, segment by segment, so an
@@ -189,21 +236,29 @@ static bool match_route(const route_t *rt, bt_http_req_t *req, const char *raw, 
   return true;
 }
 
+/* Answers a probe: 200 or 503 with the JSON detail the app wrote. */
+static void respond_probe(bt_http_req_t *req, bool ok, bt_buf_t *detail) {
+  bt_http_respond(req, ok ? 200 : 503, "application/json", detail->data ? detail->data : "{}",
+                  detail->data ? detail->len : 2);
+  bt_buf_free(detail);
+}
+
 static void handle_healthz(bt_http_req_t *req, void *arg) {
-  bt_http_respond(req, 200, "application/json", "{\"status\":\"ok\"}", 15);
+  bt_http_server_t *srv = arg;
+  bt_buf_t detail;
+  bt_buf_init(&detail, 0);
+  respond_probe(req, bt_app_live(srv->app, &detail), &detail);
 }
 
 static void handle_readyz(bt_http_req_t *req, void *arg) {
   bt_http_server_t *srv = arg;
   bt_buf_t detail;
   bt_buf_init(&detail, 0);
-  bool ok = bt_app_ready(srv->app, &detail);
-  bt_http_respond(req, ok ? 200 : 503, "application/json", detail.data ? detail.data : "{}",
-                  detail.data ? detail.len : 2);
-  bt_buf_free(&detail);
+  respond_probe(req, bt_app_ready(srv->app, &detail), &detail);
 }
 
 static void handle_metrics(bt_http_req_t *req, void *arg) {
+  BT_UNUSED(arg);
   bt_buf_t out;
   bt_buf_init(&out, 0);
   if (bt_metrics_render(&out) != 0) {
@@ -215,32 +270,42 @@ static void handle_metrics(bt_http_req_t *req, void *arg) {
   bt_buf_free(&out);
 }
 
-void bt__http_server_dispatch(bt_http_server_t *srv, bt_http_req_t *req) {
-  bt_http_conn_t *c = req->conn;
-  const char *url = c->head.data;
+/* A HEAD request is served by the GET route of its path (with no body in the answer). */
+static bool method_matches(const route_t *rt, const bt_http_req_t *req) {
+  return strcmp(rt->method, req->method) == 0 ||
+         (req->head_only && strcmp(rt->method, "GET") == 0);
+}
+
+int bt__http_server_admit(bt_http_server_t *srv, bt_http_req_t *req, const char **detail) {
+  const char *url = req->head.data;
   size_t raw_len = strcspn(url, "?");
-  /* Room for every parameter value: each is no longer than the raw path, plus NULs. */
-  size_t decoded_path_len = strlen(req->path) + 1;
-  if (bt_buf_reserve(&c->scratch, decoded_path_len + raw_len + BT_HTTP_MAX_PARAMS + 1) != 0) {
-    bt_http_respond_error(req, 503, "overloaded", "out of memory for the request");
-    return;
-  }
-  req->path = c->scratch.data; /* reserve may have moved the buffer */
-  c->scratch.len = decoded_path_len;
+  size_t decoded_path_len = req->scratch.len; /* the decoded path and its NUL */
   bool path_matched = false;
+  req->route = NULL;
   for (unsigned i = 0; i < srv->nroutes; i++) {
     route_t *rt = &srv->routes[i];
     /* A route that matched the path but not the method left its parameters in scratch. */
-    c->scratch.len = decoded_path_len;
-    if (!match_route(rt, req, url, raw_len, &c->scratch))
+    req->scratch.len = decoded_path_len;
+    if (!match_route(rt, req, url, raw_len, &req->scratch))
       continue;
     path_matched = true;
-    if (strcmp(rt->method, req->method) != 0)
+    if (!method_matches(rt, req))
       continue;
-    rt->fn(req, rt->arg);
-    return;
+    req->route = rt;
+    if (rt->auth && srv->auth && (*detail = srv->auth(req, srv->auth_arg)) != NULL)
+      return 401;
+    return 0;
   }
-  if (path_matched)
+  req->route_status = path_matched ? 405 : 404;
+  return 0;
+}
+
+void bt__http_server_dispatch(bt_http_server_t *srv, bt_http_req_t *req) {
+  (void)srv;
+  const route_t *rt = req->route;
+  if (rt)
+    rt->fn(req, rt->arg);
+  else if (req->route_status == 405)
     bt_http_respond_error(req, 405, "method_not_allowed", "%s is not allowed on %s", req->method,
                           req->path);
   else
@@ -248,44 +313,6 @@ void bt__http_server_dispatch(bt_http_server_t *srv, bt_http_req_t *req) {
 }
 
 /* ---- accessors ---------------------------------------------------------------------------- */
-
-const char *bt_http_req_header(const bt_http_req_t *req, const char *name) {
-  for (unsigned i = 0; i < req->nheaders; i++)
-    if (strcasecmp(req->headers[i].name, name) == 0)
-      return req->headers[i].value;
-  return NULL;
-}
-
-const char *bt_http_req_param(const bt_http_req_t *req, const char *name) {
-  size_t n = strlen(name);
-  for (unsigned i = 0; i < req->nparams; i++)
-    if (strncmp(req->params[i].name, name, n) == 0 && req->params[i].name[n] == '}')
-      return req->params[i].value;
-  return NULL;
-}
-
-int bt_http_req_query(const bt_http_req_t *req, const char *name, char *out, size_t outsz) {
-  size_t nlen = strlen(name);
-  const char *q = req->query;
-  while (*q) {
-    const char *amp = strchr(q, '&');
-    size_t len = amp ? (size_t)(amp - q) : strlen(q);
-    if (len > nlen && strncmp(q, name, nlen) == 0 && q[nlen] == '=') {
-      size_t vlen = len - nlen - 1;
-      if (vlen >= outsz)
-        return -1;
-      return bt_http_pct_decode(out, q + nlen + 1, vlen, true);
-    }
-    if (len == nlen && strncmp(q, name, nlen) == 0) {
-      if (outsz == 0)
-        return -1;
-      out[0] = '\0';
-      return 0;
-    }
-    q += len + (amp ? 1 : 0);
-  }
-  return -1;
-}
 
 unsigned bt_http_server_connections(const bt_http_server_t *s) { return s->nconns; }
 int bt_http_server_port(const bt_http_server_t *s) { return s->port; }
@@ -309,35 +336,23 @@ static void on_connection(uv_stream_t *listener, int status) {
     }
     return;
   }
-  bt_http_conn_t *c = bt__http_conn_accept(srv, listener);
-  if (!c)
-    return;
-  c->next = srv->conns;
-  if (srv->conns)
-    srv->conns->prev = c;
-  srv->conns = c;
-  srv->nconns++;
-  bt_gauge_set(&stats.conns, srv->nconns);
+  /* The connection counts itself before its accept (and uncounts itself if that fails). */
+  (void)bt__http_conn_accept(srv, listener);
 }
 
 static void on_listener_closed(uv_handle_t *h) {
   bt_http_server_t *srv = h->data;
-  srv->closed = true;
+  srv->listener_closed = true;
   maybe_finish_drain(srv);
-}
-
-static void stop_listening(bt_http_server_t *srv) {
-  if (!srv->listening)
-    return;
-  srv->listening = false;
-  uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
 }
 
 static void on_drain(bt_app_t *app, void *arg) {
   bt_http_server_t *srv = arg;
-  srv->draining_held = true;
+  if (srv->state != SRV_LISTENING)
+    return;
+  set_state(srv, SRV_DRAINING);
   bt_app_hold(app);
-  stop_listening(srv);
+  uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
   for (bt_http_conn_t *c = srv->conns, *next; c; c = next) {
     next = c->next; /* closing may unlink c later, never now: frees happen in callbacks */
     bt__http_conn_drain(c);
@@ -347,8 +362,10 @@ static void on_drain(bt_app_t *app, void *arg) {
 /* Runs after a completed drain, when the listener and every connection have closed (a drain
  * that misses its deadline ends the process instead; see app.c). */
 static void on_close(bt_app_t *app, void *arg) {
+  BT_UNUSED(app);
   bt_http_server_t *srv = arg;
-  BT_ASSERT(srv->nconns == 0 && srv->closed);
+  BT_ASSERT(srv->state == SRV_DRAINED && srv->nconns == 0);
+  bt_fsm_leave(&srv_fsm, srv->state);
   free(srv);
 }
 
@@ -363,23 +380,29 @@ int bt_http_server_start(bt_http_server_t **out, bt_app_t *app, const char *host
     srv->limits = *limits;
   else
     bt_http_limits_default(&srv->limits);
+  /* One process-wide budget: the last server started sets it (a process runs one server). */
+  bt__http_budget_set(srv->limits.max_buffered_bytes);
   struct sockaddr_storage addr;
+  bool handle_open = false;
   int rc = uv_ip4_addr(host, port, (struct sockaddr_in *)&addr);
   if (rc != 0)
     rc = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr);
   if (rc == 0) {
     uv_tcp_init(app->loop, &srv->listener);
     srv->listener.data = srv;
-    srv->listening = true;
+    handle_open = true;
     rc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&addr, 0);
     if (rc == 0)
       rc = uv_listen((uv_stream_t *)&srv->listener, 1024, on_connection);
   }
+  struct sockaddr_storage bound;
+  int len = sizeof bound;
+  if (rc == 0)
+    rc = uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&bound, &len);
   if (rc != 0) {
     if (errstr)
       snprintf(errstr, 256, "cannot listen on %s:%d: %s", host, port, uv_strerror(rc));
-    if (srv->listening) {
-      srv->listening = false;
+    if (handle_open) {
       uv_close((uv_handle_t *)&srv->listener, (uv_close_cb)NULL);
       /* srv stays allocated until the process exits: the handle is still being closed. */
     } else {
@@ -387,9 +410,8 @@ int bt_http_server_start(bt_http_server_t **out, bt_app_t *app, const char *host
     }
     return BT_EINVAL;
   }
-  struct sockaddr_storage bound;
-  int len = sizeof bound;
-  uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&bound, &len);
+  srv->state = SRV_LISTENING;
+  bt_fsm_enter(&srv_fsm, srv->state);
   srv->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
                                                 : ((struct sockaddr_in *)&bound)->sin_port);
   bt_http_server_route(srv, "GET", "/healthz", handle_healthz, srv);

@@ -7,16 +7,38 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "fsm.h"
 #include "kafka_client.h"
 #include "log.h"
 
+typedef enum {
+  PRODUCER_RUNNING,  /* accepting messages */
+  PRODUCER_DRAINING, /* app draining: still accepting; holds the app while reports are due */
+  PRODUCER_CLOSING,  /* purged and closing the bridge; refuses messages; freed once closed */
+  PRODUCER_NSTATES
+} producer_state_t;
+
+static const char *const state_names[] = {"running", "draining", "closing"};
+static const uint32_t legal_next[] = {
+    [PRODUCER_RUNNING] = BT_FSM_BIT(PRODUCER_DRAINING) | BT_FSM_BIT(PRODUCER_CLOSING),
+    [PRODUCER_DRAINING] = BT_FSM_BIT(PRODUCER_CLOSING),
+    [PRODUCER_CLOSING] = 0,
+};
+static bt_fsm_def_t producer_fsm = {.kind = "kafka producer", .nstates = PRODUCER_NSTATES,
+                                    .names = state_names, .legal = legal_next};
+
 struct bt_kafka_producer {
   bt_kafka_client_t c; /* first: librdkafka's opaque points here */
-  bool draining;
+  producer_state_t state;
   bool holding; /* we hold the app: draining with messages in flight */
-  bool closing;
+  rd_kafka_conf_t *tpl; /* renew_on_fatal: the settings a renewed handle is made from */
   bt_kafka_producer_stats_t stats;
 };
+
+static void set_state(bt_kafka_producer_t *p, producer_state_t next) {
+  bt_fsm_move(&producer_fsm, p->state, next, p->c.name);
+  p->state = next;
+}
 
 typedef struct delivery {
   bt_kafka_delivery_cb cb;
@@ -26,21 +48,18 @@ typedef struct delivery {
 
 /* Holds the drain open exactly while it runs and messages are in flight. */
 static void update_hold(bt_kafka_producer_t *p) {
-  bool want = p->draining && p->stats.in_flight_msgs.value > 0;
-  if (want == p->holding)
-    return;
-  p->holding = want;
-  if (want)
-    bt_app_hold(p->c.app);
-  else
-    bt_app_release(p->c.app);
+  bt_app_hold_while(p->c.app, &p->holding,
+                    p->state == PRODUCER_DRAINING && p->stats.in_flight_msgs.value > 0);
 }
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
+  BT_UNUSED(rk);
   bt_kafka_producer_t *p = opaque;
   delivery_t *d = m->_private;
   bt_kafka_delivery_t out = {
       .err = bt_kafka_err(m->err),
+      .possibly_persisted =
+          m->err != 0 && rd_kafka_message_status(m) == RD_KAFKA_MSG_STATUS_POSSIBLY_PERSISTED,
       .kafka_err = m->err,
       .errstr = m->err ? rd_kafka_err2str(m->err) : "",
       .partition = m->partition,
@@ -67,20 +86,26 @@ static bool serve(void *arg) {
 static bool ready(void *arg) { return bt_kafka_producer_ready(arg); }
 
 static void on_drain(bt_app_t *app, void *arg) {
+  BT_UNUSED(app);
   bt_kafka_producer_t *p = arg;
-  p->draining = true;
+  set_state(p, PRODUCER_DRAINING);
   update_hold(p);
 }
 
 static void on_queue_closed(bt_kafka_queue_t *q) {
   bt_kafka_producer_t *p = BT_CONTAINER_OF(q, bt_kafka_producer_t, c.queue);
   bt_kafka_client_destroy(&p->c);
+  if (p->tpl)
+    rd_kafka_conf_destroy(p->tpl);
+  bt_fsm_leave(&producer_fsm, p->state);
   free(p);
 }
 
 static void on_close(bt_app_t *app, void *arg) {
+  BT_UNUSED(app);
   bt_kafka_producer_t *p = arg;
-  p->closing = true;
+  set_state(p, PRODUCER_CLOSING);
+  update_hold(p); /* the drain is over: a hold left (deadline passed) is moot now */
   /* The drain waited for every report, so normally nothing is left. A message produced
    * since (from another close hook) is purged and its callback hears BT_ECANCELED here,
    * because rd_kafka_destroy() would drop it without a report. */
@@ -95,19 +120,20 @@ int bt_kafka_producer_new(bt_kafka_producer_t **out, bt_app_t *app,
   bt_kafka_producer_t *p = calloc(1, sizeof *p);
   if (!p)
     return BT_ENOMEM;
-  rd_kafka_conf_t *conf = bt_kafka_client_conf(&p->c, cfg->brokers, cfg->stats_interval_ms,
-                                               errstr);
+  rd_kafka_conf_t *conf = bt_kafka_client_conf(&p->c, cfg->brokers, cfg->properties,
+                                               cfg->stats_interval_ms, errstr);
   if (!conf) {
     free(p);
     return BT_EINVAL;
   }
-  char timeout[16], maxmsgs[16], maxkb[16], linger[16];
+  char timeout[16], maxmsgs[16], maxkb[16], linger[16], msgmax[16];
   snprintf(timeout, sizeof timeout, "%u",
            cfg->delivery_timeout_ms ? cfg->delivery_timeout_ms : 30000);
   snprintf(maxmsgs, sizeof maxmsgs, "%u",
            cfg->queue_max_messages ? cfg->queue_max_messages : 100000);
   snprintf(maxkb, sizeof maxkb, "%u", cfg->queue_max_kbytes ? cfg->queue_max_kbytes : 65536);
   snprintf(linger, sizeof linger, "%u", cfg->linger_ms);
+  snprintf(msgmax, sizeof msgmax, "%u", cfg->message_max_bytes ? cfg->message_max_bytes : 1000000);
   /* Idempotence keeps per-partition order and drops broker-side duplicates from retries;
    * with acks=all an ack means every in-sync replica has the record. */
   if (bt_kafka_conf_set(conf, "enable.idempotence", "true", errstr) != 0 ||
@@ -115,13 +141,23 @@ int bt_kafka_producer_new(bt_kafka_producer_t **out, bt_app_t *app,
       bt_kafka_conf_set(conf, "message.timeout.ms", timeout, errstr) != 0 ||
       bt_kafka_conf_set(conf, "queue.buffering.max.messages", maxmsgs, errstr) != 0 ||
       bt_kafka_conf_set(conf, "queue.buffering.max.kbytes", maxkb, errstr) != 0 ||
-      bt_kafka_conf_set(conf, "linger.ms", linger, errstr) != 0) {
+      bt_kafka_conf_set(conf, "linger.ms", linger, errstr) != 0 ||
+      bt_kafka_conf_set(conf, "message.max.bytes", msgmax, errstr) != 0 ||
+      (cfg->gapless &&
+       bt_kafka_conf_set(conf, "enable.gapless.guarantee", "true", errstr) != 0)) {
     rd_kafka_conf_destroy(conf);
     free(p);
     return BT_EINVAL;
   }
   rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-  int rc = bt_kafka_client_create(&p->c, app, "producer", RD_KAFKA_PRODUCER, conf, errstr);
+  p->c.renewable = cfg->renew_on_fatal;
+  if (cfg->renew_on_fatal && !(p->tpl = rd_kafka_conf_dup(conf))) {
+    rd_kafka_conf_destroy(conf);
+    free(p);
+    return BT_ENOMEM;
+  }
+  int rc = bt_kafka_client_create(&p->c, app, "producer", cfg->name, RD_KAFKA_PRODUCER, conf,
+                                  cfg->properties, errstr);
   if (rc == 0) {
     rc = bt_kafka_client_bridge(&p->c, rd_kafka_queue_get_main(p->c.rk), serve, p);
     if (rc != 0) {
@@ -130,10 +166,14 @@ int bt_kafka_producer_new(bt_kafka_producer_t **out, bt_app_t *app,
     }
   }
   if (rc != 0) {
+    if (p->tpl)
+      rd_kafka_conf_destroy(p->tpl);
     free(p);
     return rc;
   }
-  bt_app_add_dependency(app, "kafka_producer", ready, p);
+  p->state = PRODUCER_RUNNING;
+  bt_fsm_enter(&producer_fsm, p->state);
+  bt_app_add_dependency(app, p->c.name, ready, p);
   bt_app_on_shutdown(app, on_drain, on_close, p);
   *out = p;
   return 0;
@@ -141,7 +181,7 @@ int bt_kafka_producer_new(bt_kafka_producer_t **out, bt_app_t *app,
 
 int bt_kafka_producer_produce(bt_kafka_producer_t *p, const bt_kafka_record_t *rec,
                               bt_kafka_delivery_cb cb, void *opaque) {
-  if (p->closing)
+  if (p->state == PRODUCER_CLOSING)
     return BT_ECANCELED;
   if (p->c.fatal)
     return BT_EIO;
@@ -181,7 +221,8 @@ int bt_kafka_producer_produce(bt_kafka_producer_t *p, const bt_kafka_record_t *r
   if (error) {
     rd_kafka_resp_err_t err = rd_kafka_error_code(error);
     rd_kafka_error_destroy(error);
-    rd_kafka_headers_destroy(hdrs); /* only taken over on success; NULL is a no-op */
+    if (hdrs) /* only taken over on success; librdkafka 2.0 crashes on NULL here */
+      rd_kafka_headers_destroy(hdrs);
     free(d);
     if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL)
       bt_counter_inc(&p->stats.queue_full);
@@ -197,11 +238,36 @@ int bt_kafka_producer_produce(bt_kafka_producer_t *p, const bt_kafka_record_t *r
 
 bool bt_kafka_producer_ready(bt_kafka_producer_t *p) { return bt_kafka_client_ready(&p->c); }
 
+bool bt_kafka_producer_fatal(bt_kafka_producer_t *p) {
+  /* The error event reaches the loop after librdkafka has set the state: ask it directly. */
+  return p->c.fatal || rd_kafka_fatal_error(p->c.rk, NULL, 0) != RD_KAFKA_RESP_ERR_NO_ERROR;
+}
+
+int bt_kafka_producer_renew(bt_kafka_producer_t *p, char *errstr) {
+  if (!p->tpl || p->state == PRODUCER_CLOSING) {
+    snprintf(errstr, 256, "kafka producer %s cannot be renewed", p->c.name);
+    return BT_EINVAL;
+  }
+  if (p->stats.in_flight_msgs.value > 0)
+    return BT_EAGAIN;
+  rd_kafka_conf_t *conf = rd_kafka_conf_dup(p->tpl);
+  if (!conf)
+    return BT_ENOMEM;
+  uint64_t t0 = uv_hrtime();
+  int rc = bt_kafka_client_renew(&p->c, RD_KAFKA_PRODUCER, conf, errstr);
+  if (rc == 0)
+    bt_log_warn("kafka producer renewed after a fatal error", "{s:s, s:f}", "name", p->c.name,
+                "ms", (double)(uv_hrtime() - t0) / 1e6);
+  return rc;
+}
+
 const bt_kafka_producer_stats_t *bt_kafka_producer_stats(const bt_kafka_producer_t *p) {
   return &p->stats;
 }
 
 void bt_kafka_producer_register_metrics(bt_kafka_producer_t *p) {
+  bt_fsm_register(&producer_fsm, "baton_kafka_producers",
+                  "Kafka producers by lifecycle state.");
   bt_metrics_gauge(&p->stats.in_flight_msgs, "baton_kafka_producer_in_flight_messages",
                    "Messages accepted by the producer whose delivery report is pending.");
   bt_metrics_gauge(&p->stats.in_flight_bytes, "baton_kafka_producer_in_flight_bytes",

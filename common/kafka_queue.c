@@ -17,6 +17,7 @@ static void drain_pipe(int fd) {
 }
 
 static void on_readable(uv_poll_t *h, int status, int events) {
+  BT_UNUSED(status); BT_UNUSED(events);
   bt_kafka_queue_t *q = h->data;
   drain_pipe(q->fds[0]);
   for (int i = 0; i < SERVE_BUDGET; i++) {
@@ -42,7 +43,12 @@ int bt_kafka_queue_init(bt_kafka_queue_t *q, uv_loop_t *loop, rd_kafka_queue_t *
     return rc;
   }
   q->poll.data = q;
-  uv_poll_start(&q->poll, UV_READABLE, on_readable);
+  /* Only an epoll failure (ENOMEM, a watch limit) can refuse a fresh pipe. The handle is
+   * initialised by now and could be freed only from a close callback, which the caller's
+   * synchronous error path cannot wait for; queues are made at start-up, so stop there. */
+  rc = uv_poll_start(&q->poll, UV_READABLE, on_readable);
+  if (rc != 0)
+    bt_fatal("kafka queue: cannot watch its wakeup pipe: %s", uv_strerror(rc));
   rd_kafka_queue_io_event_enable(rkq, q->fds[1], "1", 1);
   /* librdkafka only signals a transition to non-empty; work queued before now needs a
    * first wakeup of our own. */
@@ -54,6 +60,13 @@ void bt_kafka_queue_wake(bt_kafka_queue_t *q) {
   /* A full pipe already holds a pending wakeup, so EAGAIN is fine to ignore. */
   ssize_t n = write(q->fds[1], "1", 1);
   BT_UNUSED(n);
+}
+
+void bt_kafka_queue_rebind(bt_kafka_queue_t *q, rd_kafka_queue_t *rkq) {
+  rd_kafka_queue_io_event_enable(q->rkq, -1, NULL, 0);
+  q->rkq = rkq;
+  rd_kafka_queue_io_event_enable(rkq, q->fds[1], "1", 1);
+  bt_kafka_queue_wake(q);
 }
 
 static void on_closed(uv_handle_t *h) {

@@ -36,6 +36,10 @@ int bt_kafka_queue_init(bt_kafka_queue_t *q, uv_loop_t *loop, rd_kafka_queue_t *
  * serving early). */
 void bt_kafka_queue_wake(bt_kafka_queue_t *q);
 
+/* Moves the bridge to another queue (a renewed handle's): events of the old one are no
+ * longer signalled, the new one's are, on the same pipe and poll handle. */
+void bt_kafka_queue_rebind(bt_kafka_queue_t *q, rd_kafka_queue_t *rkq);
+
 /* Disables IO events and closes the poll handle; closed(q) runs from the loop once the
  * handle is closed, after which q may be freed. The rd_kafka queue is not served again. */
 void bt_kafka_queue_close(bt_kafka_queue_t *q, bt_kafka_queue_closed_fn closed);

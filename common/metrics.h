@@ -1,7 +1,8 @@
 /* Process-wide metrics registry rendered in Prometheus text format.
  * Metrics are registered once at start (not thread-safe) and updated on the loop thread.
  * A name may carry labels, e.g. "baton_broker_errors_total{class=\"pg\"}"; series that
- * share a base name share one HELP/TYPE header. */
+ * share a base name are rendered together under one HELP/TYPE header, wherever they were
+ * registered. Label families hold series whose label values appear at run time. */
 #ifndef BT_METRICS_H
 #define BT_METRICS_H
 
@@ -38,15 +39,30 @@ static inline void bt_gauge_set(bt_gauge_t *g, double v) { g->value = v; }
 static inline void bt_gauge_add(bt_gauge_t *g, double v) { g->value += v; }
 void bt_histogram_observe(bt_histogram_t *h, double v);
 
+/* A family of series told apart by one label whose values appear at run time (per saga type,
+ * per partition). At most max_series values get a series of their own; past that, new values
+ * share one series labelled <label>="_other" and each such lookup counts in
+ * baton_metrics_series_overflow_total, so a label fed by input cannot grow memory or the
+ * scrape without bound. name, help and label are borrowed literals. */
+typedef enum { BT_METRIC_COUNTER, BT_METRIC_GAUGE } bt_metric_type_t;
+typedef struct bt_metric_family bt_metric_family_t;
+
+/* Registers a family (storage for max_series + 1 series is allocated now). */
+bt_metric_family_t *bt_metrics_family(const char *name, const char *help, bt_metric_type_t type,
+                                      const char *label, size_t max_series);
+/* The series of the label value (copied), created on first use. The pointer stays valid for
+ * the life of the process: look a value up once (per saga type, per partition) and keep it.
+ * The family's type must match the call. */
+bt_counter_t *bt_metrics_family_counter(bt_metric_family_t *f, const char *value);
+bt_gauge_t *bt_metrics_family_gauge(bt_metric_family_t *f, const char *value);
+
 /* Appends every registered metric to out. Returns 0 or BT_ENOMEM. */
 int bt_metrics_render(bt_buf_t *out) BT_MUSTCHECK;
 
 /* Registers process_resident_memory_bytes and process_uptime_seconds. */
 void bt_metrics_register_process(void);
-/* Current resident set size in bytes, from /proc/self/statm. */
-size_t bt_process_rss_bytes(void);
 
-/* Drops every registration (tests only). */
+/* Drops every registration, families included (tests only). */
 void bt_metrics_reset(void);
 
 #endif

@@ -9,6 +9,7 @@
 #include "log.h"
 
 static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
+  BT_UNUSED(rk);
   /* The host handle has no bootstrap servers and says so once; nothing else it logs is
    * about the mock's clients, so only warnings and worse are worth a line. */
   if (level <= 4)

@@ -72,6 +72,7 @@ static void relay_close(relay_t *r) {
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  BT_UNUSED(h);
   buf->base = malloc(suggested);
   buf->len = buf->base ? suggested : 0;
 }

@@ -92,6 +92,7 @@ static void create_topics(dk_cluster_t *c, const char *list) {
 }
 
 static void on_close(bt_app_t *app, void *arg) {
+  BT_UNUSED(app);
   devkafka_t *dk = arg;
   if (dk->forwarder)
     dk_forwarder_close(dk->forwarder);

@@ -1,115 +1,11 @@
 /* bt_pg_pool_t against the stack's real Postgres: a 10,000-statement pipelined batch, batch
  * atomicity, reconnection across `./dev pg-restart`, backpressure and timeouts, the app drain,
  * and the commit oracle: no request reported as committed may be missing from the table. */
-#include <libpq-fe.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
-#include <uv.h>
-
 #include "app.h"
 #include "log.h"
-#include "pg_pool.h"
-#include "testsupport.h"
+#include "test_pg_util.h"
 
-static uv_loop_t loop;
-static char table[64];   /* a table of this process's own, created per test */
-static char appname[64]; /* marks the pool's backends so a test can terminate exactly them */
-static char dsn[1024];   /* the stack's DSN plus application_name */
-
-/* ---- helpers ---------------------------------------------------------------------------- */
-
-static void ignore_notice(void *arg, const char *msg) {}
-
-static PGconn *pg_open(void) {
-  PGconn *c = PQconnectdb(bt_test_env("BATON_PG_DSN"));
-  if (PQstatus(c) != CONNECTION_OK)
-    fail_msg("independent connection failed: %s", PQerrorMessage(c));
-  PQsetNoticeProcessor(c, ignore_notice, NULL); /* "table does not exist, skipping" */
-  return c;
-}
-
-static void pg_exec(PGconn *c, const char *sql) {
-  PGresult *r = PQexec(c, sql);
-  ExecStatusType st = PQresultStatus(r);
-  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
-    fail_msg("%s: %s", sql, PQresultErrorMessage(r));
-  PQclear(r);
-}
-
-static long long pg_scalar(PGconn *c, const char *sql) {
-  PGresult *r = PQexec(c, sql);
-  if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1)
-    fail_msg("%s: %s", sql, PQresultErrorMessage(r));
-  long long v = atoll(PQgetvalue(r, 0, 0));
-  PQclear(r);
-  return v;
-}
-
-static void table_sql(const char *fmt) {
-  char sql[256];
-  snprintf(sql, sizeof sql, fmt, table);
-  PGconn *c = pg_open();
-  pg_exec(c, sql);
-  PQfinish(c);
-}
-
-static int setup(void **state) {
-  bt_test_env_load();
-  const char *base = bt_test_env("BATON_PG_DSN");
-  snprintf(appname, sizeof appname, "bt_pg_pool_test_%d", (int)getpid());
-  snprintf(dsn, sizeof dsn, "%s%sapplication_name=%s", base,
-           strncmp(base, "postgres", 8) != 0 ? " " : strchr(base, '?') ? "&" : "?", appname);
-  snprintf(table, sizeof table, "it_pg_pool_%d", (int)getpid());
-  table_sql("DROP TABLE IF EXISTS %s");
-  table_sql("CREATE TABLE %s (id bigint PRIMARY KEY, v text)");
-  return uv_loop_init(&loop);
-}
-
-static int teardown(void **state) {
-  table_sql("DROP TABLE IF EXISTS %s");
-  return 0;
-}
-
-/* Ends a test that closed its pools: every handle must close within a second, and the loop
- * must then close, so nothing was leaked on it. (A failed test skips this: its stack-allocated
- * handles are gone.) */
-static void loop_finish(void) {
-  uint64_t end = bt_test_now_ms() + 1000;
-  while (uv_loop_alive(&loop) && bt_test_now_ms() < end)
-    if (uv_run(&loop, UV_RUN_NOWAIT))
-      usleep(1000);
-  assert_false(uv_loop_alive(&loop));
-  assert_int_equal(uv_loop_close(&loop), 0);
-}
-
-static bt_pg_pool_t *pool_new(bt_pg_pool_config_t cfg) {
-  bt_pg_pool_t *p = NULL;
-  if (!cfg.dsn)
-    cfg.dsn = dsn;
-  assert_int_equal(bt_pg_pool_new(&p, &loop, &cfg), 0);
-  return p;
-}
-
-static void on_tick(uv_timer_t *t) {}
-
-/* Runs the loop until done(arg) or the timeout; a ticking timer keeps UV_RUN_ONCE returning. */
-static bool run_until(bool (*done)(void *), void *arg, uint64_t timeout_ms) {
-  uv_timer_t tick;
-  uv_timer_init(&loop, &tick);
-  uv_timer_start(&tick, on_tick, 5, 5);
-  uint64_t end = bt_test_now_ms() + timeout_ms;
-  bool ok;
-  while (!(ok = done(arg)) && bt_test_now_ms() < end)
-    uv_run(&loop, UV_RUN_ONCE);
-  uv_close((uv_handle_t *)&tick, NULL);
-  uv_run(&loop, UV_RUN_NOWAIT);
-  return ok;
-}
-
-static bool flag_set(void *arg) { return *(bool *)arg; }
-static bool pool_ready(void *arg) { return bt_pg_pool_ready(arg); }
+static int setup(void **state) { return pg_setup("pg_pool"); }
 
 /* Blocking fault injection (a shell verb of ./dev, or SQL on a connection of its own) runs on
  * libuv's thread pool so the pool under test keeps running meanwhile. */
@@ -149,39 +45,6 @@ static void bg_terminate(bg_t *b) {
     usleep(150 * 1000);
   }
   PQfinish(c);
-}
-
-/* One request's outcome, copied out of the callback. */
-typedef struct {
-  bool done;
-  int err;
-  size_t n, failed;
-  char errmsg[256];
-  char sqlstate[8];
-  long long first, last; /* first column of the first and last results, when committed */
-  bool ordered;          /* res[i] holds first + i for every i */
-  uint64_t at_ms;
-} outcome_t;
-
-static void on_result(const bt_pg_result_t *r, void *arg) {
-  outcome_t *o = arg;
-  o->done = true;
-  o->err = r->err;
-  o->n = r->n;
-  o->failed = r->failed;
-  o->at_ms = bt_test_now_ms();
-  snprintf(o->errmsg, sizeof o->errmsg, "%s", r->errmsg);
-  if (r->error)
-    snprintf(o->sqlstate, sizeof o->sqlstate, "%s",
-             PQresultErrorField(r->error, PG_DIAG_SQLSTATE));
-  if (r->err == 0 && PQntuples(r->res[0]) == 1) {
-    o->first = atoll(PQgetvalue(r->res[0], 0, 0));
-    o->last = atoll(PQgetvalue(r->res[r->n - 1], 0, 0));
-    o->ordered = true;
-    for (size_t i = 0; i < r->n; i++)
-      o->ordered = o->ordered && PQntuples(r->res[i]) == 1 &&
-                   atoll(PQgetvalue(r->res[i], 0, 0)) == o->first + (long long)i;
-  }
 }
 
 /* Statements "INSERT ... VALUES ($1, $2) RETURNING id" for ids from..from+n-1. */

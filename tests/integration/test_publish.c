@@ -3,6 +3,7 @@
  * every validation error over HTTP (and nothing published); topic rules; bearer auth. */
 #include <jansson.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -329,7 +330,9 @@ static void test_topic_rules(void **state) {
 static void test_auth(void **state) {
   char file[] = "/tmp/bt-tokens-XXXXXX";
   int fd = mkstemp(file);
-  assert_true(write(fd, "file-token-1\n\nfile-token-2\n", 27) == 27);
+  /* Comments and blank lines are not tokens. */
+  const char *content = "# tokens for the tests\n#commented-token\n  \nfile-token-1\n\nfile-token-2\n";
+  assert_true(write(fd, content, strlen(content)) == (ssize_t)strlen(content));
   close(fd);
   char file_env[128];
   snprintf(file_env, sizeof file_env, "BATON_API_TOKENS_FILE=%s", file);
@@ -351,6 +354,9 @@ static void test_auth(void **state) {
   post(p2, path, "Content-Type: application/cloudevents+json\r\nAuthorization: Bearer file-token-2\r\n", GOOD, &r);
   assert_int_equal(r.status, 200);
   bt_test_http_free(&r);
+  post(p2, path, "Content-Type: application/cloudevents+json\r\nAuthorization: Bearer #commented-token\r\n", GOOD, &r);
+  assert_int_equal(r.status, 401);
+  bt_test_http_free(&r);
   /* Health, readiness and metrics stay open. */
   const char *open_paths[] = {"/healthz", "/readyz", "/metrics"};
   for (size_t i = 0; i < 3; i++) {
@@ -364,6 +370,43 @@ static void test_auth(void **state) {
   unlink(file);
 }
 
+/* A tokens file over the read limit (64 KiB) stops the start with a message naming the file,
+ * instead of being cut, which would drop the tokens past the cut (here file-token-late) or
+ * cut one in two. */
+static void test_tokens_file_too_large(void **state) {
+  char file[] = "/tmp/bt-tokens-big-XXXXXX";
+  int fd = mkstemp(file);
+  assert_true(fd >= 0);
+  FILE *f = fdopen(fd, "w");
+  fputs("file-token-early\n", f);
+  for (int i = 0; i < 70000; i++)
+    fputc(' ', f);
+  fputs("\nfile-token-late\n", f);
+  fclose(f);
+  char file_env[128], port_env[64], log[256];
+  snprintf(file_env, sizeof file_env, "BATON_API_TOKENS_FILE=%s", file);
+  snprintf(port_env, sizeof port_env, "BATON_HTTP_PORT=%d", bt_test_free_port());
+  snprintf(log, sizeof log, "%s/publish-broker-bigtokens-%d.log", getenv("BATON_BUILD_DIR"),
+           (int)getpid());
+  unlink(log);
+  const char *env[] = {port_env, file_env, NULL};
+  const char *argv[] = {bt_test_bin("baton-broker"), NULL};
+  pid_t pid = bt_test_spawn(argv, env, log);
+  int status = bt_test_stop(pid, 0, 15000); /* no signal: it must exit by itself */
+  unlink(file);
+  if (!(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) != 0))
+    fail_msg("a broker with a 70 kB tokens file did not refuse to start (status %d, log %s)",
+             status, log);
+  FILE *lf = fopen(log, "r");
+  assert_non_null(lf);
+  char text[65536];
+  size_t n = fread(text, 1, sizeof text - 1, lf);
+  fclose(lf);
+  text[n] = '\0';
+  assert_non_null(strstr(text, file));
+  assert_non_null(strstr(text, "larger than"));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_structured_10000),
@@ -373,6 +416,7 @@ int main(void) {
       cmocka_unit_test(test_validation_errors_publish_nothing),
       cmocka_unit_test(test_topic_rules),
       cmocka_unit_test(test_auth),
+      cmocka_unit_test(test_tokens_file_too_large),
   };
   return cmocka_run_group_tests_name("publish", tests, setup, teardown);
 }

@@ -159,15 +159,15 @@ static void close_tick(bt_app_t *app, void *arg) { uv_close((uv_handle_t *)&st.t
 static void test_batches_and_restart(void **state) {
   snprintf(st.prefix, sizeof st.prefix, "it-redis-%d", (int)getpid());
   bt_app_init(&st.app, "it_redis_client", 10000);
-  bt_redis_config_t cfg = {.url = bt_test_env("BATON_REDIS_URL")};
-  bt_redis_config_t small = {.url = cfg.url, .max_pending = SMALL_MAX};
+  bt_redis_config_t cfg = {.url = bt_test_env("BATON_REDIS_URL"), .name = "redis"};
+  bt_redis_config_t small = {.url = cfg.url, .name = "redis_small", .max_pending = SMALL_MAX};
   char errstr[256];
   if (bt_redis_new(&st.r, &st.app, &cfg, errstr) != 0 ||
       bt_redis_new(&st.small, &st.app, &small, errstr) != 0)
     fail_msg("redis: %s", errstr);
   /* Still resolving: commands fail at once instead of queueing. */
   assert_int_equal(bt_redis_command(st.r, NULL, NULL, "PING"), BT_ENOTCONN);
-  bt_redis_config_t bad = {.url = "redis://nohost"};
+  bt_redis_config_t bad = {.url = "redis://nohost", .name = "bad"};
   bt_redis_t *unused;
   assert_int_equal(bt_redis_new(&unused, &st.app, &bad, errstr), BT_EINVAL);
   assert_non_null(strstr(errstr, "redis://nohost"));

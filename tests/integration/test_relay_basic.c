@@ -124,19 +124,19 @@ static void test_routes_headers_and_order(void **state) {
   rt_broker_stop(&b, SIGTERM);
 }
 
-/* With a poll interval of 10s, an append is relayed long before the next poll: the store's
- * commit nudges the relay. */
+/* With a poll interval of 60s, an append is relayed long before the next poll (the wait is
+ * bounded by half of it): the store's commit nudges the relay. */
 static void test_nudge(void **state) {
   char cat[64], topic[96], routes[256], stream[128];
   snprintf(cat, sizeof cat, "rn%s", rt_run_id());
   snprintf(topic, sizeof topic, "relaytest.%s", cat);
   rt_topic_create(topic, 1);
   snprintf(routes, sizeof routes, "BATON_BROKER_ROUTES=%s=%s", cat, topic);
-  const char *env[] = {routes, "BATON_BROKER_RELAY_POLL=10s", "BATON_BROKER_RELAY_LEASE=30s", NULL};
+  const char *env[] = {routes, "BATON_BROKER_RELAY_POLL=60s", "BATON_BROKER_RELAY_LEASE=30s", NULL};
   rt_broker_t b;
   rt_broker_start(&b, "nudge", env, "/readyz");
   assert_int_equal(rt_wait_metric(&b, "baton_broker_relay_leader{relay=\"store\"}", 1, true, 60000), 0);
-  /* Let the relay finish its first rounds and settle into its 10 s poll. */
+  /* Let the relay finish its first rounds and settle into its 60 s poll. */
   assert_int_equal(rt_wait_metric(&b, "baton_broker_relay_lag_events{relay=\"store\"}", 0, true, 60000), 0);
   rt_sleep_ms(500);
   PGconn *c = rt_pg_open(bt_test_env("BATON_PG_DSN"));
@@ -147,11 +147,10 @@ static void test_nudge(void **state) {
     rt_oracle_t o;
     rt_oracle_load(&o, c, stream);
     rt_recs_t recs = {0};
-    rt_consume(topic, (size_t)i + 1, 5000, &recs);
+    rt_consume(topic, (size_t)i + 1, 30000, &recs);
     uint64_t dt = bt_test_now_ms() - t0;
     print_message("append %d relayed and consumed in %llu ms\n", i, (unsigned long long)dt);
     assert_int_equal(recs.distinct, (size_t)i + 1);
-    assert_true(dt < 3000);
     rt_recs_free(&recs);
     rt_oracle_free(&o);
   }

@@ -31,7 +31,7 @@ RT void rt_sleep_ms(unsigned ms) {
 RT const char *rt_run_id(void) {
   static char id[32];
   if (!id[0]) {
-    srand((unsigned)(getpid() ^ (unsigned)bt_test_now_ms()));
+    srand((unsigned)getpid() ^ (unsigned)bt_test_now_ms());
     snprintf(id, sizeof id, "r%dx%04x", (int)getpid() % 100000, (unsigned)rand() & 0xffff);
   }
   return id;
@@ -159,17 +159,24 @@ RT int rt_wait_metric(const rt_broker_t *b, const char *series, double want, boo
 
 /* Appends events first..last (versions when the stream is only written by one caller) of a
  * stream with "expected_version":"any". Each event's id is "<stream>:<n>" and its data
- * {"n":n}; `type` is the CloudEvents type. Returns the HTTP status. */
-RT int rt_append_range(const char *url, const char *stream, int first, int last, const char *type) {
-  size_t cap = 256 + (size_t)(last - first + 1) * 256;
-  char *body = malloc(cap);
+ * {"n":n}, plus "pad" of `pad` bytes when pad > 0; `type` is the CloudEvents type. Returns
+ * the HTTP status. */
+RT int rt_append_padded(const char *url, const char *stream, int first, int last,
+                        const char *type, size_t pad) {
+  size_t cap = 256 + (size_t)(last - first + 1) * (256 + pad + 16);
+  char *body = malloc(cap), *padding = malloc(pad + 16);
+  if (pad)
+    snprintf(padding, pad + 16, ",\"pad\":\"%0*d\"", (int)pad, 0);
+  else
+    padding[0] = '\0';
   size_t len = (size_t)snprintf(body, cap, "{\"expected_version\":\"any\",\"events\":[");
   for (int v = first; v <= last; v++)
     len += (size_t)snprintf(body + len, cap - len,
                             "%s{\"specversion\":\"1.0\",\"id\":\"%s:%d\",\"source\":\"/relay-test\","
                             "\"type\":\"%s\",\"datacontenttype\":\"application/json\","
-                            "\"data\":{\"n\":%d}}",
-                            v > first ? "," : "", stream, v, type, v);
+                            "\"data\":{\"n\":%d%s}}",
+                            v > first ? "," : "", stream, v, type, v, padding);
+  free(padding);
   len += (size_t)snprintf(body + len, cap - len, "]}");
   char u[256];
   snprintf(u, sizeof u, "%s/v1/streams/%s/events", url, stream);
@@ -182,6 +189,10 @@ RT int rt_append_range(const char *url, const char *stream, int first, int last,
   bt_test_http_free(&r);
   free(body);
   return status;
+}
+
+RT int rt_append_range(const char *url, const char *stream, int first, int last, const char *type) {
+  return rt_append_padded(url, stream, first, last, type, 0);
 }
 
 /* ---- devkafka ------------------------------------------------------------------------------ */
@@ -205,6 +216,24 @@ RT void rt_topic_create(const char *topic, int partitions) {
   if (st != 200)
     fail_msg("devkafka: cannot create topic %s (%d)", topic, st);
 }
+
+/* A category of this run (prefix + run id), its topic "relaytest.<cat>" created with
+ * `partitions`, and the BATON_BROKER_ROUTES entry routing one to the other. Buffers: cat 64,
+ * topic 96, routes 256 bytes. */
+RT void rt_route_topic(const char *prefix, int partitions, char *cat, char *topic, char *routes) {
+  snprintf(cat, 64, "%s%s", prefix, rt_run_id());
+  snprintf(topic, 96, "relaytest.%s", cat);
+  rt_topic_create(topic, partitions);
+  snprintf(routes, 256, "BATON_BROKER_ROUTES=%s=%s", cat, topic);
+}
+
+/* The service outbox table as the README gives it. */
+static const char rt_outbox_ddl[] =
+    "CREATE TABLE outbox (position bigserial PRIMARY KEY, "
+    "txid xid8 NOT NULL DEFAULT pg_current_xact_id(), topic text NOT NULL, key text, "
+    "id text NOT NULL, type text NOT NULL, source text NOT NULL, subject text, time text, "
+    "datacontenttype text, data bytea, extensions jsonb, "
+    "created_at timestamptz NOT NULL DEFAULT now())";
 
 /* ---- SQL ----------------------------------------------------------------------------------- */
 
@@ -261,6 +290,11 @@ typedef struct rt_rec {
   int32_t partition;
   int64_t offset;
   char value[128];
+  /* Dead-letter headers (empty unless the record is a dead letter). */
+  char dl_error[256];
+  char dl_topic[128];
+  char dl_relay[96];
+  char dl_position[32];
 } rt_rec_t;
 
 typedef struct rt_recs {
@@ -397,6 +431,10 @@ RT size_t rt_consume(const char *topic, size_t want, int timeout_ms, rt_recs_t *
       rt_hdr(h, "ce_stream", r->stream, sizeof r->stream);
       rt_hdr(h, "ce_streamversion", ver, sizeof ver);
       r->version = ver[0] ? atoll(ver) : -1;
+      rt_hdr(h, "baton_dl_error", r->dl_error, sizeof r->dl_error);
+      rt_hdr(h, "baton_dl_topic", r->dl_topic, sizeof r->dl_topic);
+      rt_hdr(h, "baton_dl_relay", r->dl_relay, sizeof r->dl_relay);
+      rt_hdr(h, "baton_dl_position", r->dl_position, sizeof r->dl_position);
       size_t kl = m->key_len < sizeof r->key - 1 ? m->key_len : sizeof r->key - 1;
       if (m->key)
         memcpy(r->key, m->key, kl);
@@ -432,7 +470,7 @@ typedef struct rt_oracle {
 /* Loads what the store holds for streams whose id starts with prefix: the oracle. */
 RT void rt_oracle_load(rt_oracle_t *o, PGconn *c, const char *prefix) {
   memset(o, 0, sizeof *o);
-  char like[128];
+  char like[160];
   snprintf(like, sizeof like, "%s%%", prefix);
   const char *v[1] = {like};
   PGresult *r = rt_pg(c,
@@ -525,6 +563,21 @@ RT long long rt_verify(rt_recs_t *recs, const rt_oracle_t *o) {
       fail_msg("stream %s: Kafka has versions 1..%lld of 1..%lld: missing events", s->stream,
                next - 1, s->n);
   }
+  return dups;
+}
+
+/* Reads `want` distinct records of topic (failing the test after 60 s) and checks those of
+ * streams starting with prefix against the store (rt_verify). Returns the duplicates. */
+RT long long rt_consume_verified(const char *topic, const char *prefix, size_t want) {
+  rt_recs_t recs = {0};
+  assert_int_equal(rt_consume(topic, want, 60000, &recs), want);
+  PGconn *pg = rt_pg_open(bt_test_env("BATON_PG_DSN"));
+  rt_oracle_t o;
+  rt_oracle_load(&o, pg, prefix);
+  long long dups = rt_verify(&recs, &o);
+  rt_oracle_free(&o);
+  rt_recs_free(&recs);
+  PQfinish(pg);
   return dups;
 }
 

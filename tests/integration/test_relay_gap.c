@@ -4,7 +4,12 @@
  * milliseconds. The topic must hold every stored event of every stream, first appearances in
  * version order: no gap, no reordering. (With the store's commit-order positions, later
  * groups wait on the positions lock behind a slow one; the relay must still never see a later
- * position before an earlier one commits.) */
+ * position before an earlier one commits.)
+ *
+ * The appends really overlap in Postgres: three brokers (one relaying), each committing every
+ * append in its own transaction (BATON_BROKER_APPEND_BATCH=1) on a pool of four, and the test
+ * asserts from pg_stat_activity that several append transactions were open at once. Swapping
+ * the positions lock for a sequence makes this test fail. */
 #include <pthread.h>
 
 #include "test_relay_common.h"
@@ -15,7 +20,10 @@
 #define SLOW_EVERY 7        /* every 7th append of a writer is slow */
 
 static char cat[64], trigger[96];
-static const char *broker_url;
+#define BROKERS 3
+static const char *broker_urls[BROKERS];
+static volatile int writers_done;
+static int max_open;
 static int failures;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 
@@ -49,7 +57,7 @@ static void *writer(void *arg) {
              "{\"specversion\":\"1.0\",\"id\":\"w%d-%d-b\",\"source\":\"/gap\",\"type\":\"%s\"}]}",
              w, i, type, w, i, type);
     char url[256];
-    snprintf(url, sizeof url, "%s/v1/streams/%s/events", broker_url, stream);
+    snprintf(url, sizeof url, "%s/v1/streams/%s/events", broker_urls[(w + i) % BROKERS], stream);
     bt_test_http_resp_t r;
     int st = bt_test_http("POST", url, "Content-Type: application/json\r\n", body, strlen(body), &r) == 0
                  ? r.status
@@ -64,6 +72,22 @@ static void *writer(void *arg) {
   return NULL;
 }
 
+/* Samples how many append transactions are open at once, until the writers are done. */
+static void *monitor(void *arg) {
+  PGconn *c = rt_pg_open(bt_test_env("BATON_PG_DSN"));
+  while (!writers_done) {
+    long long n = rt_pg_scalar(c,
+                               "SELECT count(*) FROM pg_stat_activity WHERE xact_start IS NOT NULL "
+                               "AND query LIKE '%append_batch%' AND pid <> pg_backend_pid()",
+                               0, NULL);
+    if (n > max_open)
+      max_open = (int)n;
+    rt_sleep_ms(5);
+  }
+  PQfinish(c);
+  return NULL;
+}
+
 static void test_store_late_commits(void **state) {
   char topic[96], routes[256];
   snprintf(cat, sizeof cat, "rg%s", rt_run_id());
@@ -72,10 +96,17 @@ static void test_store_late_commits(void **state) {
   rt_topic_create(topic, 4);
   snprintf(routes, sizeof routes, "BATON_BROKER_ROUTES=%s=%s", cat, topic);
   const char *env[] = {routes, "BATON_BROKER_RELAY_BATCH=5", "BATON_BROKER_RELAY_POLL=2ms",
-                       "BATON_BROKER_RELAY_LEASE=2s", NULL};
-  rt_broker_t b;
+                       "BATON_BROKER_RELAY_LEASE=2s", "BATON_BROKER_APPEND_BATCH=1",
+                       "BATON_PG_POOL_SIZE=4", NULL};
+  const char *writer_env[] = {routes, "BATON_BROKER_RELAY=false", "BATON_BROKER_APPEND_BATCH=1",
+                              "BATON_PG_POOL_SIZE=4", NULL};
+  rt_broker_t b, extra[BROKERS - 1];
   rt_broker_start(&b, "gap", env, "/readyz");
-  broker_url = b.url;
+  broker_urls[0] = b.url;
+  for (int i = 0; i < BROKERS - 1; i++) {
+    rt_broker_start(&extra[i], "gap_writer", writer_env, "/readyz");
+    broker_urls[i + 1] = extra[i].url;
+  }
   assert_int_equal(rt_wait_metric(&b, "baton_broker_relay_leader{relay=\"store\"}", 1, true, 30000), 0);
 
   PGconn *c = rt_pg_open(bt_test_env("BATON_PG_DSN"));
@@ -90,15 +121,21 @@ static void test_store_late_commits(void **state) {
            trigger);
   rt_pg_exec(c, sql);
 
-  pthread_t th[WRITERS];
+  pthread_t th[WRITERS], mon;
+  pthread_create(&mon, NULL, monitor, NULL);
   uint64_t t0 = bt_test_now_ms();
   for (int w = 0; w < WRITERS; w++)
     pthread_create(&th[w], NULL, writer, (void *)(intptr_t)w);
   for (int w = 0; w < WRITERS; w++)
     pthread_join(th[w], NULL);
-  print_message("%d appends by %d writers in %llu ms\n", WRITERS * APPENDS, WRITERS,
-                (unsigned long long)(bt_test_now_ms() - t0));
+  writers_done = 1;
+  pthread_join(mon, NULL);
+  print_message("%d appends by %d writers through %d brokers in %llu ms; at most %d append "
+                "transactions open at once\n",
+                WRITERS * APPENDS, WRITERS, BROKERS, (unsigned long long)(bt_test_now_ms() - t0),
+                max_open);
   assert_int_equal(failures, 0);
+  assert_true(max_open >= 2);
 
   rt_oracle_t o;
   rt_oracle_load(&o, c, cat);
@@ -113,6 +150,8 @@ static void test_store_late_commits(void **state) {
   rt_recs_free(&recs);
   rt_oracle_free(&o);
   PQfinish(c);
+  for (int i = 0; i < BROKERS - 1; i++)
+    rt_broker_stop(&extra[i], SIGTERM);
   rt_broker_stop(&b, SIGTERM);
 }
 

@@ -16,12 +16,15 @@ static char db[64], dsn[1024], topic[96];
 static char db2[64], dsn2[1024];
 static rt_broker_t broker;
 
-static const char outbox_ddl[] =
-    "CREATE TABLE outbox (position bigserial PRIMARY KEY, "
-    "txid xid8 NOT NULL DEFAULT pg_current_xact_id(), topic text NOT NULL, key text, "
-    "id text NOT NULL, type text NOT NULL, source text NOT NULL, subject text, time text, "
-    "datacontenttype text, data bytea, extensions jsonb, "
-    "created_at timestamptz NOT NULL DEFAULT now())";
+/* A metric series of the outbox in database d: "<family>{relay="outbox:<d>"<labels>}". */
+static const char *ob_series(const char *family, const char *d, const char *labels) {
+  static char buf[4][256];
+  static int k;
+  char *out = buf[k++ % 4];
+  snprintf(out, sizeof buf[0], "baton_broker_relay_%s{relay=\"outbox:%s\"%s}", family, d, labels);
+  return out;
+}
+
 
 static int setup(void **state) {
   bt_test_env_load();
@@ -39,7 +42,7 @@ static int setup(void **state) {
   PQfinish(c);
   rt_dsn_for_db(dsn, sizeof dsn, db);
   c = rt_pg_open(dsn);
-  rt_pg_exec(c, outbox_ddl);
+  rt_pg_exec(c, rt_outbox_ddl);
   PQfinish(c);
   const char *base = bt_test_env("BATON_PG_DSN"); /* postgresql://user@host:port/db */
   const char *at = strchr(base + 13, '@'), *slash = strchr(base + 13, '/');
@@ -48,15 +51,17 @@ static int setup(void **state) {
   snprintf(dsn2, sizeof dsn2, "%.*s,%.*s/%s", (int)(slash - base), base, (int)(slash - at - 1),
            at + 1, db2);
   c = rt_pg_open(dsn2);
-  rt_pg_exec(c, outbox_ddl);
+  rt_pg_exec(c, rt_outbox_ddl);
   PQfinish(c);
   rt_topic_create(topic, 3);
   char outbox_env[2200];
   snprintf(outbox_env, sizeof outbox_env, "BATON_BROKER_OUTBOX_DSNS=%s, %s", dsn, dsn2);
-  const char *env[] = {outbox_env, "BATON_BROKER_RELAY_POLL=10ms", "BATON_BROKER_RELAY_LEASE=2s", NULL};
+  /* No dead-letter topic: a row that cannot be relayed holds its outbox (the poison test). */
+  const char *env[] = {outbox_env, "BATON_BROKER_RELAY_POLL=10ms", "BATON_BROKER_RELAY_LEASE=2s",
+                       "BATON_BROKER_RELAY_DEAD_LETTER_TOPIC=", NULL};
   rt_broker_start(&broker, "outbox", env, "/readyz");
-  if (rt_wait_metric(&broker, "baton_broker_relay_leader{relay=\"outbox0\"}", 1, true, 30000) != 0 ||
-      rt_wait_metric(&broker, "baton_broker_relay_leader{relay=\"outbox1\"}", 1, true, 30000) != 0)
+  if (rt_wait_metric(&broker, ob_series("leader", db, ""), 1, true, 30000) != 0 ||
+      rt_wait_metric(&broker, ob_series("leader", db2, ""), 1, true, 30000) != 0)
     fail_msg("the broker never became the outboxes' leader");
   return 0;
 }
@@ -153,11 +158,11 @@ static void test_rows_relayed_and_deleted(void **state) {
   assert_int_equal(mine, AGGREGATES * PER_AGGREGATE);
   rt_recs_free(&recs);
   /* The lease is in the service's database, held by the broker. */
-  assert_int_equal(rt_pg_scalar(c, "SELECT count(*) FROM outbox_lease WHERE name = 'outbox0' "
+  assert_int_equal(rt_pg_scalar(c, "SELECT count(*) FROM outbox_lease WHERE name = 'outbox' "
                                    "AND holder IS NOT NULL AND expires_at > now()", 0, NULL), 1);
-  assert_true(rt_metric(&broker, "baton_broker_relay_published_total{relay=\"outbox0\"}") >=
+  assert_true(rt_metric(&broker, ob_series("published_total", db, "")) >=
               AGGREGATES * PER_AGGREGATE);
-  assert_int_equal(rt_wait_metric(&broker, "baton_broker_relay_lag_events{relay=\"outbox0\"}", 0, true, 5000), 0);
+  assert_int_equal(rt_wait_metric(&broker, ob_series("lag_events", db, ""), 0, true, 5000), 0);
   PQfinish(c);
 }
 
@@ -215,12 +220,49 @@ static void test_late_commit_below_xmin(void **state) {
   PQfinish(b);
 }
 
+/* The same aggregate written by two transactions whose ids are in the opposite order of
+ * their writes: T2 takes the lower xid first, T3 one between, then T1 (highest xid) writes
+ * the aggregate and commits, and T2 writes it after and commits. With T3 still running, xmin
+ * is T3's xid: T2's row is below it and T1's is not. A relay that reads "every row below
+ * xmin" publishes T2's (later) write before T1's; the prefix rule holds both back until T3
+ * ends, then publishes them in position order. */
+static void test_inverted_txids_keep_order(void **state) {
+  PGconn *t1 = rt_pg_open(dsn), *t2 = rt_pg_open(dsn), *t3 = rt_pg_open(dsn);
+  rt_pg_exec(t2, "BEGIN");
+  long long x2 = rt_pg_scalar(t2, "SELECT pg_current_xact_id()::text::bigint", 0, NULL);
+  rt_pg_exec(t3, "BEGIN");
+  long long x3 = rt_pg_scalar(t3, "SELECT pg_current_xact_id()::text::bigint", 0, NULL);
+  rt_pg_exec(t1, "BEGIN");
+  insert_row(t1, topic, "inv-key", "inv-first", "{}", NULL);
+  long long x1 = rt_pg_scalar(t1, "SELECT pg_current_xact_id()::text::bigint", 0, NULL);
+  rt_pg_exec(t1, "COMMIT");
+  insert_row(t2, topic, "inv-key", "inv-second", "{}", NULL);
+  rt_pg_exec(t2, "COMMIT");
+  assert_true(x2 < x3 && x3 < x1);
+  /* The relay polls every 10 ms: a hundred chances to publish inv-second alone. */
+  rt_sleep_ms(1000);
+  assert_int_equal(rt_pg_scalar(t1, "SELECT count(*) FROM outbox WHERE id IN ('inv-first', "
+                                    "'inv-second')", 0, NULL), 2);
+  rt_pg_exec(t3, "COMMIT");
+  assert_int_equal(wait_outbox_empty(t1, 10000), 0);
+  rt_recs_t recs = {0};
+  rt_consume(topic, 0, 10000, &recs);
+  long first = find(&recs, "inv-first"), second = find(&recs, "inv-second");
+  assert_true(first >= 0 && second >= 0);
+  assert_int_equal(recs.v[first].partition, recs.v[second].partition);
+  assert_true(recs.v[first].offset < recs.v[second].offset);
+  rt_recs_free(&recs);
+  PQfinish(t1);
+  PQfinish(t2);
+  PQfinish(t3);
+}
+
 static void test_poison_row_holds_until_fixed(void **state) {
   PGconn *c = rt_pg_open(dsn);
-  double errs = rt_metric(&broker, "baton_broker_relay_errors_total{relay=\"outbox0\",class=\"data\"}");
+  double errs = rt_metric(&broker, ob_series("errors_total", db, ",class=\"data\""));
   insert_row(c, "not a topic", "poison", "poison-1", "{}", NULL);
   insert_row(c, topic, "poison", "poison-2", "{}", NULL);
-  assert_int_equal(rt_wait_metric(&broker, "baton_broker_relay_errors_total{relay=\"outbox0\",class=\"data\"}",
+  assert_int_equal(rt_wait_metric(&broker, ob_series("errors_total", db, ",class=\"data\""),
                                   errs + 1, false, 10000), 0);
   rt_sleep_ms(300);
   assert_int_equal(outbox_rows(c), 2); /* nothing after the bad row went first */
@@ -244,7 +286,7 @@ static void test_second_outbox(void **state) {
     insert_row(c, topic, "second", id, "{}", NULL);
   }
   assert_int_equal(wait_outbox_empty(c, 15000), 0);
-  assert_int_equal(rt_pg_scalar(c, "SELECT count(*) FROM outbox_lease WHERE name = 'outbox1' "
+  assert_int_equal(rt_pg_scalar(c, "SELECT count(*) FROM outbox_lease WHERE name = 'outbox' "
                                    "AND holder IS NOT NULL", 0, NULL), 1);
   rt_recs_t recs = {0};
   rt_consume(topic, 0, 10000, &recs);
@@ -267,6 +309,7 @@ int main(void) {
       cmocka_unit_test(test_second_outbox),
       cmocka_unit_test(test_lower_position_commits_last),
       cmocka_unit_test(test_late_commit_below_xmin),
+      cmocka_unit_test(test_inverted_txids_keep_order),
       cmocka_unit_test(test_poison_row_holds_until_fixed),
   };
   return cmocka_run_group_tests(tests, setup, teardown);

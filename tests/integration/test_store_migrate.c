@@ -6,51 +6,23 @@
 
 enum { REPLICAS = 6 };
 
-static char dbname[64];
-static char dsn[1024];
-
-/* The stack's DSN with another database name, as key=value pairs. */
-static void make_dsn(const char *base, const char *db) {
-  char *err = NULL;
-  PQconninfoOption *opts = PQconninfoParse(base, &err);
-  if (!opts)
-    fail_msg("cannot parse the stack DSN: %s", err ? err : "?");
-  size_t len = 0;
-  for (PQconninfoOption *o = opts; o->keyword; o++) {
-    const char *v = strcmp(o->keyword, "dbname") == 0 ? db : o->val;
-    if (v && *v)
-      len += (size_t)snprintf(dsn + len, sizeof dsn - len, "%s='%s' ", o->keyword, v);
-  }
-  PQconninfoFree(opts);
-}
-
-static void admin_sql(const char *fmt) {
-  char sql[256];
-  snprintf(sql, sizeof sql, fmt, dbname);
-  PGconn *pg = store_pg();
-  PQclear(store_sql(pg, "SET client_min_messages = warning", 0, NULL));
-  PQclear(store_sql(pg, sql, 0, NULL));
-  PQfinish(pg);
-}
+static store_db_t db;
 
 static int setup(void **state) {
   bt_test_env_load();
-  snprintf(dbname, sizeof dbname, "it_store_migrate_%d", (int)getpid());
-  admin_sql("DROP DATABASE IF EXISTS %s");
-  admin_sql("CREATE DATABASE %s");
-  make_dsn(bt_test_env("BATON_PG_DSN"), dbname);
+  store_db_create(&db, "it_store_migrate");
   return 0;
 }
 
 static int teardown(void **state) {
-  admin_sql("DROP DATABASE IF EXISTS %s WITH (FORCE)");
+  store_db_drop(&db);
   return 0;
 }
 
 /* Starts `baton-broker migrate` processes and returns how many exited 0. */
 static int run_migrations(int n) {
   static char env_dsn[1100], env_kafka[512];
-  snprintf(env_dsn, sizeof env_dsn, "BATON_PG_DSN=%s", dsn);
+  snprintf(env_dsn, sizeof env_dsn, "BATON_PG_DSN=%s", db.dsn);
   snprintf(env_kafka, sizeof env_kafka, "BATON_KAFKA_BROKERS=%s",
            bt_test_env("BATON_KAFKA_BROKERS"));
   const char *env[] = {env_dsn, env_kafka, NULL};
@@ -72,7 +44,7 @@ static int run_migrations(int n) {
 
 static void test_concurrent_migrations(void **state) {
   assert_int_equal(run_migrations(REPLICAS), REPLICAS);
-  PGconn *pg = PQconnectdb(dsn);
+  PGconn *pg = PQconnectdb(db.dsn);
   assert_int_equal(PQstatus(pg), CONNECTION_OK);
   long long applied = store_sql_int(pg, "SELECT count(*) FROM baton.schema_migrations", 0, NULL);
   long long distinct =
@@ -89,7 +61,7 @@ static void test_concurrent_migrations(void **state) {
   /* A broker on that schema (migrating again at start) appends; the first position is 1. */
   store_broker_t br;
   char env_dsn[1100];
-  snprintf(env_dsn, sizeof env_dsn, "BATON_PG_DSN=%s", dsn);
+  snprintf(env_dsn, sizeof env_dsn, "BATON_PG_DSN=%s", db.dsn);
   const char *extra[] = {env_dsn, NULL}; /* later entries override the stack's DSN */
   store_broker_start(&br, "it_store_migrate", extra);
   char *body = store_append_body("\"no_stream\"", "m", 1, 2);

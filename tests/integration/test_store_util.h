@@ -6,6 +6,7 @@
 
 #include <jansson.h>
 #include <libpq-fe.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -142,6 +143,45 @@ static inline PGresult *store_sql(PGconn *c, const char *sql, int n, const char 
   return r;
 }
 
+/* A database of the test's own on the stack's server, for tests that need a fresh schema:
+ * its name and its DSN (the stack's, with dbname replaced, as key=value pairs). */
+typedef struct store_db {
+  char name[64];
+  char dsn[1024];
+} store_db_t;
+
+/* Runs fmt (one %s: the database name) on the stack's own database. */
+static inline void store_db_admin(const store_db_t *db, const char *fmt) {
+  char sql[256];
+  snprintf(sql, sizeof sql, fmt, db->name);
+  PGconn *pg = store_pg();
+  PQclear(store_sql(pg, "SET client_min_messages = warning", 0, NULL));
+  PQclear(store_sql(pg, sql, 0, NULL));
+  PQfinish(pg);
+}
+
+/* (Re)creates the database <prefix>_<pid> and fills db->dsn. */
+static inline void store_db_create(store_db_t *db, const char *prefix) {
+  snprintf(db->name, sizeof db->name, "%s_%d", prefix, (int)getpid());
+  store_db_admin(db, "DROP DATABASE IF EXISTS %s");
+  store_db_admin(db, "CREATE DATABASE %s");
+  char *err = NULL;
+  PQconninfoOption *opts = PQconninfoParse(bt_test_env("BATON_PG_DSN"), &err);
+  if (!opts)
+    fail_msg("cannot parse the stack DSN: %s", err ? err : "?");
+  size_t len = 0;
+  for (PQconninfoOption *o = opts; o->keyword; o++) {
+    const char *v = strcmp(o->keyword, "dbname") == 0 ? db->name : o->val;
+    if (v && *v && len < sizeof db->dsn)
+      len += (size_t)snprintf(db->dsn + len, sizeof db->dsn - len, "%s='%s' ", o->keyword, v);
+  }
+  PQconninfoFree(opts);
+}
+
+static inline void store_db_drop(const store_db_t *db) {
+  store_db_admin(db, "DROP DATABASE IF EXISTS %s WITH (FORCE)");
+}
+
 static inline long long store_sql_int(PGconn *c, const char *sql, int n,
                                       const char *const *params) {
   PGresult *r = store_sql(c, sql, n, params);
@@ -172,6 +212,89 @@ static inline double store_metric(const store_broker_t *br, const char *name) {
   }
   bt_test_http_free(&r);
   return v;
+}
+
+/* Polls a metric until it is >= want or timeout_ms passes; returns the last value read. */
+static inline double store_wait_metric(const store_broker_t *br, const char *name, double want,
+                                       int timeout_ms) {
+  uint64_t deadline = bt_test_now_ms() + (uint64_t)timeout_ms;
+  double v;
+  while ((v = store_metric(br, name)) < want && bt_test_now_ms() < deadline)
+    usleep(20000);
+  return v;
+}
+
+/* ---- holding an append inside Postgres ----
+ * A test that needs an append transaction to stay open (to queue others behind it, or to kill
+ * its backend) locks the row of an existing stream on a connection of its own: an append to
+ * that stream then waits for the row lock inside baton.append_batch, before it takes the
+ * positions lock, so appends of other tests are not held up. */
+
+/* Starts a transaction on c that holds the row lock of `stream` (which must exist). */
+static inline void store_lock_stream(PGconn *c, const char *stream) {
+  const char *p[] = {stream};
+  PQclear(store_sql(c, "BEGIN", 0, NULL));
+  PGresult *r = store_sql(c, "SELECT 1 FROM baton.streams WHERE stream = $1 FOR UPDATE", 1, p);
+  if (PQntuples(r) != 1)
+    fail_msg("stream %s does not exist", stream);
+  PQclear(r);
+}
+
+/* Waits until a backend is blocked by the lock holder `holder` (a connection that called
+ * store_lock_stream) and returns its pid; fails the test after timeout_ms. */
+static inline int store_wait_blocked(PGconn *observer, PGconn *holder, int timeout_ms) {
+  char pid[16];
+  snprintf(pid, sizeof pid, "%d", PQbackendPID(holder));
+  const char *p[] = {pid};
+  uint64_t deadline = bt_test_now_ms() + (uint64_t)timeout_ms;
+  for (;;) {
+    long long blocked = store_sql_int(
+        observer,
+        "SELECT coalesce(min(pid), 0) FROM pg_stat_activity "
+        "WHERE $1::int = ANY (pg_blocking_pids(pid))",
+        1, p);
+    if (blocked > 0)
+      return (int)blocked;
+    if (bt_test_now_ms() > deadline)
+      fail_msg("no backend got blocked by the lock of pid %s within %d ms", pid, timeout_ms);
+    usleep(20000);
+  }
+}
+
+/* One append on a thread of its own, for requests that are meant to block. */
+typedef struct store_async {
+  const store_broker_t *br;
+  char path[400];
+  char *body; /* owned */
+  int status;
+  char error[64];
+  pthread_t th;
+} store_async_t;
+
+static inline void *store_async_main(void *arg) {
+  store_async_t *a = arg;
+  json_t *doc = NULL;
+  a->status = store_http(a->br, "POST", a->path, a->body, &doc, NULL);
+  snprintf(a->error, sizeof a->error, "%s", jstr(doc, "error"));
+  json_decref(doc);
+  return NULL;
+}
+
+/* Starts POST /v1/streams/<stream>/events with body (taken over) on a thread. */
+static inline void store_async_start(store_async_t *a, const store_broker_t *br,
+                                     const char *stream, char *body) {
+  memset(a, 0, sizeof *a);
+  a->br = br;
+  snprintf(a->path, sizeof a->path, "/v1/streams/%s/events", stream);
+  a->body = body;
+  if (pthread_create(&a->th, NULL, store_async_main, a) != 0)
+    fail_msg("pthread_create failed");
+}
+
+static inline void store_async_join(store_async_t *a) {
+  pthread_join(a->th, NULL);
+  free(a->body);
+  a->body = NULL;
 }
 
 #endif

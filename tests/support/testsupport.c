@@ -117,6 +117,10 @@ const char *bt_test_bin(const char *name) {
       {"baton-devkafka", "devkafka/baton-devkafka"},
       {"baton-saga", "saga/baton-saga"},
       {"baton-projector", "projector/baton-projector"},
+      {"billing-generator", "examples/billing-generator/billing-generator"},
+      {"baton-inventory", "examples/participants/baton-inventory"},
+      {"baton-payment", "examples/participants/baton-payment"},
+      {"baton-shipping", "examples/participants/baton-shipping"},
   };
   static char path[4096];
   const char *rel = NULL;
@@ -459,9 +463,13 @@ static int http_do(const char *method, const char *url, const char *headers, con
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 
+  /* The path goes in as is: a long query string must not be cut (nor read past) here. */
   char line[1024];
-  int n = snprintf(line, sizeof line, "%s %s HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n",
-                   method, path, host, port);
+  sbuf_add(&req, method, strlen(method));
+  sbuf_add(&req, " ", 1);
+  sbuf_add(&req, path, strlen(path));
+  int n = snprintf(line, sizeof line, " HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n", host,
+                   port);
   sbuf_add(&req, line, (size_t)n);
   if (headers != NULL) sbuf_add(&req, headers, strlen(headers));
   if (body != NULL) {

@@ -19,7 +19,8 @@ void bt_test_env_load(void);
 const char *bt_test_env(const char *name);
 
 /* Path of a built binary, e.g. bt_test_bin("baton-broker") -> $BATON_BUILD_DIR/broker/baton-broker.
- * Known names: baton-broker, baton-devkafka. Returns a static buffer. */
+ * Known names: baton-broker, baton-devkafka, baton-saga, baton-projector and the example
+ * participants baton-inventory, baton-payment, baton-shipping. Returns a static buffer. */
 const char *bt_test_bin(const char *name);
 
 /* Starts a child process with extra environment entries ("K=V", NULL-terminated; may be

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "log.h"
 #include "testsupport.h"
 
 static char *s_str;
@@ -117,6 +118,27 @@ static void test_help_lists_every_variable(void **state) {
   free(text);
 }
 
+/* Runs bt_config_log with stdout sent to a file; returns what it wrote (malloc'd). */
+static char *capture_config_log(const bt_config_var_t *v, size_t n) {
+  fflush(stdout);
+  char path[] = "/tmp/bt-config-log-XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  int saved = dup(1);
+  dup2(fd, 1);
+  bt_config_log(v, n);
+  bt_log_flush();
+  fflush(stdout);
+  dup2(saved, 1);
+  close(saved);
+  char *buf = calloc(1, 65536);
+  ssize_t got = pread(fd, buf, 65535, 0);
+  close(fd);
+  unlink(path);
+  assert_true(got > 0);
+  return buf;
+}
+
 /* The effective-config log line must not show a DSN's password or a token. */
 static void test_secrets_masked_in_log(void **state) {
   char *dsn = NULL, *tok = NULL;
@@ -128,24 +150,76 @@ static void test_secrets_masked_in_log(void **state) {
   setenv("BATON_T_TOK", "tok-abcdef", 1);
   char err[256];
   assert_int_equal(bt_config_load(v, 2, err, sizeof err), 0);
-  fflush(stdout);
-  char path[] = "/tmp/bt-config-log-XXXXXX";
-  int fd = mkstemp(path);
-  int saved = dup(1);
-  dup2(fd, 1);
-  bt_config_log(v, 2);
-  fflush(stdout);
-  dup2(saved, 1);
-  close(saved);
-  char buf[4096] = "";
-  lseek(fd, 0, SEEK_SET);
-  ssize_t n = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  unlink(path);
-  assert_true(n > 0);
+  char *buf = capture_config_log(v, 2);
   assert_null(strstr(buf, "s3cretpw"));
   assert_null(strstr(buf, "tok-abcdef"));
   assert_non_null(strstr(buf, "postgresql://app:***@db:5432/x"));
+  free(buf);
+  unsetenv("BATON_T_DSN");
+  unsetenv("BATON_T_TOK");
+}
+
+/* A list of DSNs in every form the config takes: keyword=value with plain, quoted and escaped
+ * passwords, sslpassword before password (the old masker matched "password=" inside it),
+ * URIs with a password in the user info and in the query, a Redis URL, and a space-separated
+ * pair of URIs. No secret may reach the start-up log line; the rest stays readable. */
+static void test_every_dsn_of_a_list_masked(void **state) {
+  char *dsn = NULL;
+  bt_config_var_t v[] = {
+      {"BATON_T_DSNS", BT_CFG_STRING, NULL, 0, 0, BT_CFG_SECRET_URL, NULL, "dsns", &dsn},
+  };
+  setenv("BATON_T_DSNS",
+         "host=db1 user=app sslpassword=sslpw0 password=plainpw1 dbname=x,"
+         "host=db2 password='quoted pw2' sslpassword='ssl\\'pw3' dbname=y, "
+         "password = spacedpw4 host=db3,"
+         "postgres://u:uripw5@h5:5432,h6:5433/z?sslpassword=querypw6&application_name=a5,"
+         "postgresql://h7/w?pass%77ord=encpw7,"
+         "redis://ru:redispw8@r8:6379/0,"
+         "host=db9 passwrd=typopw9 dbname=t "
+         "postgres://v:sppw10@h10/a postgres://w:sppw11@h11/b",
+         1);
+  char err[256];
+  assert_int_equal(bt_config_load(v, 1, err, sizeof err), 0);
+  char *buf = capture_config_log(v, 1);
+  const char *secrets[] = {"sslpw0", "plainpw1", "quoted pw2", "pw3",    "spacedpw4", "uripw5",
+                           "querypw6", "encpw7", "redispw8", "typopw9", "sppw10",   "sppw11"};
+  for (size_t i = 0; i < BT_ARRAY_LEN(secrets); i++)
+    if (strstr(buf, secrets[i]))
+      fail_msg("secret \"%s\" in the log line: %s", secrets[i], buf);
+  const char *visible[] = {"host=db1 user=app sslpassword=*** password=*** dbname=x",
+                           "host=db2 password=*** sslpassword=*** dbname=y",
+                           "password=*** host=db3",
+                           "postgres://u:***@h5:5432,h6:5433/z?sslpassword=***&application_name=a5",
+                           "postgresql://h7/w?pass%77ord=***",
+                           "redis://ru:***@r8:6379/0",
+                           "postgres://v:***@h10/a postgres://w:***@h11/b"};
+  for (size_t i = 0; i < BT_ARRAY_LEN(visible); i++)
+    if (!strstr(buf, visible[i]))
+      fail_msg("\"%s\" missing from the log line: %s", visible[i], buf);
+  free(buf);
+  unsetenv("BATON_T_DSNS");
+}
+
+/* Masking alone, on the edge cases: empty input, a lone word, an unterminated quote. */
+static void test_mask_edge_cases(void **state) {
+  struct { const char *in, *want; } cases[] = {
+      {"", ""},
+      {"host=a", "host=a"},
+      {"justapassword", "***"},
+      {"host=a password='unterminated", "host=a password=***"},
+      {"host=a bogus", "***"},
+      {"redis://onlysecret@r:6379", "redis://***@r:6379"},
+      {"postgres://user@h/db", "postgres://user@h/db"},
+  };
+  for (size_t i = 0; i < BT_ARRAY_LEN(cases); i++) {
+    bt_buf_t b;
+    bt_buf_init(&b, 0);
+    assert_int_equal(bt_config_mask_secrets(cases[i].in, &b), 0);
+    assert_int_equal(bt_buf_append(&b, "", 0), 0);
+    if (strcmp(b.data, cases[i].want) != 0)
+      fail_msg("mask(\"%s\") = \"%s\", want \"%s\"", cases[i].in, b.data, cases[i].want);
+    bt_buf_free(&b);
+  }
 }
 
 int main(void) {
@@ -156,6 +230,8 @@ int main(void) {
       cmocka_unit_test(test_required),
       cmocka_unit_test(test_help_lists_every_variable),
       cmocka_unit_test(test_secrets_masked_in_log),
+      cmocka_unit_test(test_every_dsn_of_a_list_masked),
+      cmocka_unit_test(test_mask_edge_cases),
   };
   return cmocka_run_group_tests_name("config", tests, NULL, NULL);
 }

@@ -44,8 +44,18 @@ static void check_help_rows_in_readme(const char *binary) {
 }
 
 static void test_broker_config_table(void **state) { check_help_rows_in_readme("baton-broker"); }
+static void test_saga_config_table(void **state) { check_help_rows_in_readme("baton-saga"); }
+static void test_projector_config_table(void **state) {
+  check_help_rows_in_readme("baton-projector");
+}
+static void test_participant_config_table(void **state) {
+  check_help_rows_in_readme("baton-inventory");
+}
 
 int main(void) {
-  const struct CMUnitTest tests[] = {cmocka_unit_test(test_broker_config_table)};
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_broker_config_table),
+                                     cmocka_unit_test(test_saga_config_table),
+                                     cmocka_unit_test(test_projector_config_table),
+                                     cmocka_unit_test(test_participant_config_table)};
   return cmocka_run_group_tests_name("readme", tests, NULL, NULL);
 }

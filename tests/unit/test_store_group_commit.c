@@ -18,6 +18,7 @@ static broker_group_commit_t *gc_new(size_t batch_max, size_t events_max) {
   assert_non_null(gc);
   gc->cfg = (broker_group_commit_config_t){.batch_max = batch_max,
                                            .events_max = events_max,
+                                           .bytes_max = SIZE_MAX,
                                            .queue_max = 100,
                                            .concurrency = 1,
                                            .stats = &stats};
@@ -93,6 +94,41 @@ static void test_oversized_append_goes_alone(void **state) {
   assert_list(gc->slots[0].members, LIST(&big));
   form_group(gc, &gc->slots[0]);
   assert_list(gc->slots[0].members, LIST(&small));
+  gc_free(gc);
+}
+
+/* The byte budget: data counts as hex, so three 1000-byte events fill a 7000-byte group; an
+ * append larger than the whole budget still goes, alone. */
+static void test_byte_budget(void **state) {
+  broker_group_commit_t *gc = gc_new(100, 100);
+  gc->cfg.bytes_max = 7000;
+  static char data[20000];
+  broker_event_t e1k[4], e10k[1];
+  for (int i = 0; i < 4; i++)
+    e1k[i] = (broker_event_t){.id = (const char *[]){"a", "b", "c", "d"}[i], .type = "t",
+                              .source = "/s", .specversion = "1.0", .data = data,
+                              .data_len = 1000};
+  e10k[0] = (broker_event_t){.id = "x", .type = "t", .source = "/s", .specversion = "1.0",
+                             .data = data, .data_len = 10000};
+  broker_append_t a[5] = {
+      {.stream = "s1", .events = &e1k[0], .nevents = 1},
+      {.stream = "s2", .events = &e1k[1], .nevents = 1},
+      {.stream = "s3", .events = &e1k[2], .nevents = 1},
+      {.stream = "s4", .events = &e1k[3], .nevents = 1}, /* 4 x ~2100 > 7000: next group */
+      {.stream = "s5", .events = e10k, .nevents = 1},
+  };
+  for (int i = 0; i < 5; i++) {
+    a[i].bytes = append_bytes(&a[i]);
+    assert_true(a[i].bytes >= 2 * a[i].events[0].data_len);
+    enqueue(gc, &a[i]);
+  }
+  slot_t *s = &gc->slots[0];
+  form_group(gc, s);
+  assert_list(s->members, LIST(&a[0], &a[1], &a[2]));
+  form_group(gc, s);
+  assert_list(s->members, LIST(&a[3])); /* a[4] alone is over the budget: its own group */
+  form_group(gc, s);
+  assert_list(s->members, LIST(&a[4]));
   gc_free(gc);
 }
 
@@ -229,7 +265,8 @@ static void test_encode(void **state) {
       {.id = "e", .type = "t", .source = "/s", .specversion = "1.0", .subject = "NULL"},
       {.id = "", .type = "t", .source = "/s", .specversion = "1.0", .data = "", .data_len = 0}};
   broker_append_t a[2] = {
-      {.stream = "s-1", .expected = BROKER_EXPECT_ANY, .events = e1, .nevents = 1},
+      {.stream = "s-1", .expected = BROKER_EXPECT_ANY, .events = e1, .nevents = 1,
+       .partitionkey = "k\"\\\n"},
       {.stream = "s-2", .expected = 0, .events = e2, .nevents = 2},
   };
   a[0].next = &a[1];
@@ -238,16 +275,17 @@ static void test_encode(void **state) {
   assert_arr(&p[0], ARR("s-1", "s-2"));
   assert_arr(&p[1], ARR("-1", "0"));
   assert_arr(&p[2], ARR("1", "2"));
-  assert_arr(&p[3], ARR("1", "2", "2"));
-  assert_arr(&p[4], ARR("a\"b\\c,{} NULL", "e", ""));
-  assert_arr(&p[7], ARR("1.0", "1.0", "1.0"));
-  assert_arr(&p[8], ARR(NULL, "NULL", NULL)); /* a quoted "NULL" is a string */
-  assert_arr(&p[9], ARR("2024-01-01T00:00:00Z", NULL, NULL));
-  assert_arr(&p[10], ARR("application/octet-stream", NULL, NULL));
-  assert_arr(&p[12], ARR("0001ff", NULL, ""));
+  assert_arr(&p[3], ARR("k\"\\\n", NULL)); /* one partitionkey per append */
+  assert_arr(&p[4], ARR("1", "2", "2"));
+  assert_arr(&p[5], ARR("a\"b\\c,{} NULL", "e", ""));
+  assert_arr(&p[8], ARR("1.0", "1.0", "1.0"));
+  assert_arr(&p[9], ARR(NULL, "NULL", NULL)); /* a quoted "NULL" is a string */
+  assert_arr(&p[10], ARR("2024-01-01T00:00:00Z", NULL, NULL));
+  assert_arr(&p[11], ARR("application/octet-stream", NULL, NULL));
+  assert_arr(&p[13], ARR("0001ff", NULL, ""));
   /* Extensions: a JSON object of strings, control characters escaped. */
   arr_t ext;
-  arr_parse(p[13].data, &ext);
+  arr_parse(p[14].data, &ext);
   assert_int_equal(ext.n, 3);
   assert_null(ext.v[1]);
   assert_null(ext.v[2]);
@@ -264,8 +302,20 @@ static void test_encode(void **state) {
   /* Only the first n appends of the list are encoded. */
   assert_int_equal(encode(gc, &a[0], 1), 0);
   assert_arr(&p[0], ARR("s-1"));
-  assert_arr(&p[3], ARR("1"));
+  assert_arr(&p[4], ARR("1"));
   gc_free(gc);
+}
+
+/* A failed transaction is split only when its content may be at fault. */
+static void test_worth_splitting(void **state) {
+  assert_true(worth_splitting(BT_EIO, "23514"));  /* check_violation */
+  assert_true(worth_splitting(BT_EIO, "40001"));  /* serialization_failure */
+  assert_true(worth_splitting(BT_EIO, NULL));     /* COMMIT rolled back */
+  assert_false(worth_splitting(BT_EIO, "08006")); /* connection_failure */
+  assert_false(worth_splitting(BT_EIO, "57P01")); /* admin_shutdown */
+  assert_false(worth_splitting(BT_EIO, "57014")); /* query_canceled */
+  assert_false(worth_splitting(BT_ECONNRESET, NULL));
+  assert_false(worth_splitting(BT_ENOTCONN, NULL));
 }
 
 int main(void) {
@@ -273,6 +323,8 @@ int main(void) {
       cmocka_unit_test(test_limits_and_fifo),
       cmocka_unit_test(test_oversized_append_goes_alone),
       cmocka_unit_test(test_same_ids_same_stream_deferred),
+      cmocka_unit_test(test_byte_budget),
+      cmocka_unit_test(test_worth_splitting),
       cmocka_unit_test(test_hset),
       cmocka_unit_test(test_encode),
   };
