@@ -70,6 +70,7 @@ struct bt_kafka_consumer {
   bool fetch_stopped;  /* a pause is queued or in force for every assigned partition */
   rd_kafka_topic_partition_list_t *assigned; /* our view; offset = unused */
   rd_kafka_topic_partition_list_t *rewind;   /* first undelivered offset while stopped */
+  rd_kafka_topic_partition_list_t *seeking;  /* resumed with a seek to offset, not yet seen */
   bt_kafka_ctl_t ctl;
   uv_timer_t commit_timer;
   bool stored_dirty;   /* offsets stored since the last coalesced commit */
@@ -185,6 +186,29 @@ static rd_kafka_topic_partition_t *find(rd_kafka_topic_partition_list_t *l, cons
   return rd_kafka_topic_partition_list_find(l, topic, partition);
 }
 
+/* A resume seeks on the control worker, later. Until the seek takes effect, librdkafka's queue
+ * may still hold messages fetched before it, past the seek's offset: delivered, they would
+ * come again after the seek (a repeat, out of order). So, per partition, everything up to
+ * the seek's own offset is dropped, and that offset ends the wait. */
+static void set_seeking(bt_kafka_consumer_t *c, const char *topic, int32_t partition,
+                        int64_t offset) {
+  rd_kafka_topic_partition_t *s = find(c->seeking, topic, partition);
+  if (!s)
+    s = rd_kafka_topic_partition_list_add(c->seeking, topic, partition);
+  s->offset = offset;
+}
+
+/* False for a message from before a pending seek (see set_seeking). */
+static bool past_seek(bt_kafka_consumer_t *c, const rd_kafka_message_t *m) {
+  rd_kafka_topic_partition_t *s = find(c->seeking, rd_kafka_topic_name(m->rkt), m->partition);
+  if (!s)
+    return true;
+  if (m->offset != s->offset)
+    return false;
+  rd_kafka_topic_partition_list_del(c->seeking, rd_kafka_topic_name(m->rkt), m->partition);
+  return true;
+}
+
 /* Pauses or resumes fetching so that it runs exactly while the service wants messages, the
  * budget has room and the consumer is running. A resume first seeks each partition back to
  * the first message that arrived while stopped and was not delivered. */
@@ -207,6 +231,8 @@ static void update_fetch(bt_kafka_consumer_t *c) {
   for (int i = 0; i < l->cnt; i++) {
     rd_kafka_topic_partition_t *r = find(c->rewind, l->elems[i].topic, l->elems[i].partition);
     l->elems[i].offset = r ? r->offset : RD_KAFKA_OFFSET_INVALID;
+    if (r)
+      set_seeking(c, r->topic, r->partition, r->offset);
   }
   ctl_push(c, BT_KAFKA_CTL_RESUME, l);
   rd_kafka_topic_partition_list_destroy(l);
@@ -256,6 +282,8 @@ static void take(bt_kafka_consumer_t *c, rd_kafka_topic_partition_list_t *parts,
                                                                        : p[i].offset;
     free(p);
   }
+  /* A (re)assigned partition starts where the assign says, not at an older seek. */
+  list_remove(c->seeking, parts);
   if (op == BT_KAFKA_CTL_ASSIGN) {
     rd_kafka_topic_partition_list_destroy(c->assigned);
     c->assigned = rd_kafka_topic_partition_list_copy(parts);
@@ -284,6 +312,7 @@ static void give_up(bt_kafka_consumer_t *c, rd_kafka_topic_partition_list_t *par
     commit_stored(c);
   list_remove(c->assigned, parts);
   list_remove(c->rewind, parts);
+  list_remove(c->seeking, parts);
   if (c->cooperative)
     ctl_push(c, BT_KAFKA_CTL_INCR_UNASSIGN, parts);
   else
@@ -385,6 +414,11 @@ static bool serve(void *arg) {
       continue;
     }
     bt_kafka_client_note_up(&c->c);
+    if (!past_seek(c, m)) {
+      bt_counter_inc(&c->stats.seek_dropped);
+      rd_kafka_message_destroy(m);
+      continue;
+    }
     if (c->state != CONSUMER_RUNNING || c->fetch_stopped) {
       remember_rewind(c, m);
       rd_kafka_message_destroy(m);
@@ -486,6 +520,7 @@ static void maybe_free(bt_kafka_consumer_t *c) {
     commit_finish(c->commits, BT_ECANCELED);
   rd_kafka_topic_partition_list_destroy(c->assigned);
   rd_kafka_topic_partition_list_destroy(c->rewind);
+  rd_kafka_topic_partition_list_destroy(c->seeking);
   bt_fsm_leave(&consumer_fsm, c->state);
   free(c->batch);
   free(c);
@@ -582,6 +617,7 @@ int bt_kafka_consumer_new(bt_kafka_consumer_t **out, bt_app_t *app,
   c->batch = calloc(c->batch_max, sizeof *c->batch);
   c->assigned = rd_kafka_topic_partition_list_new(0);
   c->rewind = rd_kafka_topic_partition_list_new(0);
+  c->seeking = rd_kafka_topic_partition_list_new(0);
   c->c.on_stats = refresh_lag;
   rd_kafka_conf_t *conf = bt_kafka_client_conf(&c->c, cfg->brokers, cfg->properties,
                                                cfg->stats_interval_ms, errstr);
@@ -594,6 +630,7 @@ int bt_kafka_consumer_new(bt_kafka_consumer_t **out, bt_app_t *app,
   if (rc != 0) {
     rd_kafka_topic_partition_list_destroy(c->assigned);
     rd_kafka_topic_partition_list_destroy(c->rewind);
+    rd_kafka_topic_partition_list_destroy(c->seeking);
     free(c->batch);
     free(c);
     return rc;
@@ -617,6 +654,7 @@ int bt_kafka_consumer_new(bt_kafka_consumer_t **out, bt_app_t *app,
     bt_kafka_client_destroy(&c->c);
     rd_kafka_topic_partition_list_destroy(c->assigned);
     rd_kafka_topic_partition_list_destroy(c->rewind);
+    rd_kafka_topic_partition_list_destroy(c->seeking);
     free(c->batch);
     free(c);
     return rc;
@@ -751,4 +789,6 @@ void bt_kafka_consumer_register_metrics(bt_kafka_consumer_t *c) {
                      "Offset commit requests sent.");
   bt_metrics_counter(&c->stats.budget_pauses, "baton_kafka_consumer_budget_pauses_total",
                      "Times fetching paused because max_in_flight messages were unreleased.");
+  bt_metrics_counter(&c->stats.seek_dropped, "baton_kafka_consumer_seek_dropped_total",
+                     "Prefetched messages dropped because a resume's seek refetches them.");
 }

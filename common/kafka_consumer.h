@@ -95,6 +95,7 @@ typedef struct bt_kafka_consumer_stats {
   bt_counter_t delivered;
   bt_counter_t commits;      /* commit requests sent */
   bt_counter_t budget_pauses;/* times fetching paused for the in-flight budget */
+  bt_counter_t seek_dropped; /* prefetched messages dropped while a resume's seek was pending */
 } bt_kafka_consumer_stats_t;
 
 /* Creates the consumer, subscribes (unless manual), adds it to app's readiness as cfg->name
