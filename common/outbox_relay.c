@@ -711,9 +711,12 @@ static void on_timer(uv_timer_t *t) {
   bt_outbox_relay_t *r = t->data;
   switch (r->state) {
   case S(FOLLOWER):
-    /* Leading without a producer would hold the rows up: leave them to a replica with one. */
+    /* Leading without a producer would hold the rows up: leave them to a replica with one.
+     * Look again soon, not after a poll interval: at start-up the producer is typically a few
+     * ms from ready, and a 60 s poll would leave the relay without a leader for a minute
+     * (it_relay_basic's nudge test saw exactly that). Checking a flag twice a second is free. */
     if (!bt_kafka_producer_ready(r->producer))
-      return schedule(r, r->cfg.poll_ms < 500 ? 500 : r->cfg.poll_ms);
+      return schedule(r, 500);
     return claim(r);
   case S(LEADER_IDLE):
   case S(BACKOFF):
