@@ -32,6 +32,7 @@ struct dk_forwarder {
   uv_loop_t *loop;
   uv_tcp_t listener;
   struct sockaddr_in upstream;
+  bool has_upstream;
   relay_t *relays;
   bool listener_open;
 };
@@ -156,27 +157,32 @@ static void on_connection(uv_stream_t *listener, int status) {
     f->relays->prev = r;
   f->relays = r;
   r->connect.data = r;
-  if (uv_accept(listener, (uv_stream_t *)&r->client.tcp) != 0 ||
+  if (uv_accept(listener, (uv_stream_t *)&r->client.tcp) != 0 || !f->has_upstream ||
       uv_tcp_connect(&r->connect, &r->upstream.tcp, (const struct sockaddr *)&f->upstream,
                      on_upstream_connected) != 0)
     relay_close(r);
 }
 
-int dk_forwarder_start(dk_forwarder_t **out, uv_loop_t *loop, int port, const char *upstream) {
+int dk_forwarder_set_upstream(dk_forwarder_t *f, const char *upstream) {
   const char *colon = strrchr(upstream, ':');
   if (!colon || colon - upstream >= 64)
     return BT_EINVAL;
   char host[64];
   memcpy(host, upstream, (size_t)(colon - upstream));
   host[colon - upstream] = '\0';
+  if (uv_ip4_addr(host, atoi(colon + 1), &f->upstream) != 0)
+    return BT_EINVAL;
+  f->has_upstream = true;
+  return 0;
+}
+
+int dk_forwarder_start(dk_forwarder_t **out, uv_loop_t *loop, int port) {
   dk_forwarder_t *f = calloc(1, sizeof *f);
   if (!f)
     return BT_ENOMEM;
   f->loop = loop;
-  int rc = uv_ip4_addr(host, atoi(colon + 1), &f->upstream);
   struct sockaddr_in addr;
-  if (rc == 0)
-    rc = uv_ip4_addr("127.0.0.1", port, &addr);
+  int rc = uv_ip4_addr("127.0.0.1", port, &addr);
   if (rc != 0) {
     free(f);
     return rc;

@@ -129,6 +129,20 @@ int main(int argc, char **argv) {
   bt_app_init(&app, "devkafka", 5000);
   static devkafka_t dk;
   char errstr[256];
+  /* The fixed ports are bound before the mock cluster starts: its clients' outgoing
+   * connections take ephemeral ports (32768-60999 on Linux), which include the dev stack's
+   * defaults, and once one of them held 59092 the bind failed ("Address already in use"
+   * with nothing listening). */
+  if (port) {
+    int rc = dk_forwarder_start(&dk.forwarder, app.loop, port);
+    if (rc != 0)
+      bt_fatal("--port %d: %s", port, bt_strerror(rc));
+  }
+  bt_http_limits_t limits;
+  bt_http_limits_default(&limits);
+  bt_http_server_t *srv;
+  if (bt_http_server_start(&srv, &app, "127.0.0.1", control_port, &limits, errstr) != 0)
+    bt_fatal("--control-port %d: %s", control_port, errstr);
   if (dk_cluster_start(&dk.cluster, brokers, errstr) != 0)
     bt_fatal("%s", errstr);
   bt_app_on_shutdown(&app, NULL, on_close, &dk);
@@ -144,17 +158,8 @@ int main(int argc, char **argv) {
     off += (size_t)snprintf(dk.bootstrap + off, sizeof dk.bootstrap - off, "%s%s",
                             id > 1 ? "," : "", id == 1 && port ? first : dk.cluster.addr[id]);
   }
-  if (port) {
-    int rc = dk_forwarder_start(&dk.forwarder, app.loop, port, dk.cluster.addr[1]);
-    if (rc != 0)
-      bt_fatal("--port %d: %s", port, bt_strerror(rc));
-  }
-
-  bt_http_limits_t limits;
-  bt_http_limits_default(&limits);
-  bt_http_server_t *srv;
-  if (bt_http_server_start(&srv, &app, "127.0.0.1", control_port, &limits, errstr) != 0)
-    bt_fatal("--control-port %d: %s", control_port, errstr);
+  if (port && dk_forwarder_set_upstream(dk.forwarder, dk.cluster.addr[1]) != 0)
+    bt_fatal("broker 1's address '%s' is not host:port", dk.cluster.addr[1]);
   dk.control = (dk_control_t){.cluster = &dk.cluster, .bootstrap = dk.bootstrap};
   dk_control_register(&dk.control, srv);
   snprintf(dk.control_url, sizeof dk.control_url, "http://127.0.0.1:%d", bt_http_server_port(srv));
