@@ -9,23 +9,12 @@
 # Usage: examples/projector-demo.sh [ENV_FILE]   (default .run/env; the dev stack's env file)
 # BATON_DEMO_TOKEN: the bearer token, when the services were started with BATON_API_TOKENS.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-envfile=${1:-$ROOT/.run/env}
-[[ -f "$envfile" ]] || { echo "no stack env file at $envfile: run ./dev up" >&2; exit 1; }
-set -a
-# shellcheck disable=SC1090
-source "$envfile"
-set +a
+# shellcheck source=examples/demo-env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/demo-env.sh"
 proj=${BATON_PROJECTOR_URL:?the stack runs no baton-projector (BATON_PROJECTOR_URL unset)}
 broker=${BATON_BROKER_URL:?the stack runs no baton-broker (BATON_BROKER_URL unset)}
 gen=${BATON_BUILD_DIR:-$ROOT/build}/examples/billing-generator/billing-generator
 [[ -x "$gen" ]] || { echo "billing-generator is not built ($gen): run ./dev build" >&2; exit 1; }
-auth=()
-[[ -n "${BATON_DEMO_TOKEN:-}" ]] && auth=(-H "Authorization: Bearer $BATON_DEMO_TOKEN")
-
-step() {
-  if [[ -t 1 ]]; then printf '\n\033[1m$ %s\033[0m\n' "$*"; else printf '\n$ %s\n' "$*"; fi
-}
 get() { curl -s "${auth[@]}" "$proj$1"; }
 
 # One line per look: the balance, the open count and the first unpaid invoices by due date.

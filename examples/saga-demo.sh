@@ -12,20 +12,9 @@
 # Usage: examples/saga-demo.sh [ENV_FILE]   (default .run/env; the dev stack's env file)
 # BATON_DEMO_TOKEN: the bearer token, when the services were started with BATON_API_TOKENS.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-envfile=${1:-$ROOT/.run/env}
-[[ -f "$envfile" ]] || { echo "no stack env file at $envfile: run ./dev up" >&2; exit 1; }
-set -a
-# shellcheck disable=SC1090
-source "$envfile"
-set +a
+# shellcheck source=examples/demo-env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/demo-env.sh"
 saga=${BATON_SAGA_URL:?the stack runs no baton-saga (BATON_SAGA_URL unset)}
-auth=()
-[[ -n "${BATON_DEMO_TOKEN:-}" ]] && auth=(-H "Authorization: Bearer $BATON_DEMO_TOKEN")
-
-step() {
-  if [[ -t 1 ]]; then printf '\n\033[1m$ %s\033[0m\n' "$*"; else printf '\n$ %s\n' "$*"; fi
-}
 post() { curl -s "${auth[@]}" -X POST -H 'Content-Type: application/json' "$saga$1" -d "${2:-}"; }
 get() { curl -s "${auth[@]}" "$saga$1"; }
 
@@ -42,6 +31,17 @@ start() { # start <input json> <wait> -> prints the answer line, sets $id
   jq -c '{id, state, results}' <<<"$out"
   [[ -n "$id" ]] || { echo "  the saga was not started: $out" >&2; exit 1; }
 }
+
+# Right after `./dev up` the consumer groups are still joining (devkafka answers a new
+# group's first join after 3 s): wait until the engine and each participant hold partitions.
+for url in "$saga" "${BATON_INVENTORY_URL:-}" "${BATON_PAYMENT_URL:-}" "${BATON_SHIPPING_URL:-}"; do
+  [[ -n "$url" ]] || continue
+  for _ in $(seq 1 150); do
+    n=$(curl -s "$url/metrics" | awk '/^baton_kafka_consumer_assigned_partitions/ {s += $2} END {print s + 0}')
+    [[ "$n" != 0 ]] && break
+    sleep 0.2
+  done
+done
 
 step "POST /v1/sagas/checkout?wait=5s   {\"order\":\"o-1\",\"sku\":\"sku-42\",\"quantity\":2,\"amount\":4200}"
 start '{"order":"o-1","sku":"sku-42","quantity":2,"amount":4200}' 5s
