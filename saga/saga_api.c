@@ -622,6 +622,11 @@ static void post_reply(bt_http_req_t *req, void *arg) {
   saga_reply_t r;
   char err[256];
   if (saga_wire_parse_structured(req->body, req->body_len, &r, err, sizeof err) != 0) {
+    saga_t *s = arg;
+    const char *id = bt_http_req_param(req, "id");
+    bt_counter_inc(&s->stats.replies_malformed);
+    if (saga_uuid_valid(id))
+      (void)saga_apply_note_malformed(s->pg, id, "http", err);
     bt_http_respond_error(req, 400, "invalid_reply", "%s", err);
     return;
   }

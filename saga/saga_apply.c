@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "log.h"
 #include "saga.h"
 #include "saga_txn.h"
 
@@ -463,4 +464,24 @@ int saga_apply_group(bt_pg_pool_t *pg, const saga_apply_req_t *reqs, size_t n) {
     group_free(g);
   }
   return rc;
+}
+
+/* ---- malformed replies: shown in the history, applied to nothing ---- */
+
+static const char malformed_sql[] =
+    "INSERT INTO saga.history (saga_id, what, detail) "
+    "SELECT $1::uuid, 'reply_ignored', $2 WHERE EXISTS (SELECT 1 FROM saga.sagas WHERE id = $1::uuid)";
+
+static void malformed_noted(const bt_pg_result_t *r, void *arg) {
+  BT_UNUSED(arg);
+  if (r->err != 0)
+    bt_log_warn("cannot record a malformed reply in the history", "{s:s}", "error", r->errmsg);
+}
+
+int saga_apply_note_malformed(bt_pg_pool_t *pg, const char *saga_id, const char *where,
+                              const char *why) {
+  char detail[400];
+  snprintf(detail, sizeof detail, "malformed (%s): %s", where, why);
+  const char *v[] = {saga_id, detail};
+  return bt_pg_pool_query(pg, malformed_sql, 2, v, malformed_noted, NULL);
 }

@@ -34,6 +34,12 @@ typedef struct saga_apply_result {
 
 typedef void (*saga_apply_cb)(const saga_apply_result_t *r, void *arg);
 
+/* A reply that names saga_id but could not be read (why: the parser's message) goes into the
+ * saga's history as reply_ignored with detail "malformed: <why>", when that saga exists. It
+ * changes nothing else; failures are logged. Returns 0 or the pool's refusal (BT_E*). */
+int saga_apply_note_malformed(bt_pg_pool_t *pg, const char *saga_id, const char *where,
+                              const char *why);
+
 /* One event for saga_apply_group(); everything is borrowed for the call. */
 typedef struct saga_apply_req {
   const char *saga_id;

@@ -205,6 +205,10 @@ static void on_batch(bt_kafka_consumer_t *c, bt_kafka_message_t *const *msgs, si
       bt_counter_inc(&rp->s->stats.replies_malformed);
       bt_log_warn("malformed reply skipped", "{s:s, s:s, s:i, s:I}", "error", err, "topic",
                   m->topic, "partition", (int)m->partition, "offset", (json_int_t)m->offset);
+      char saga_id[37];
+      if (saga_wire_reply_saga_id(hdrs, nh, m->value, m->value ? m->value_len : 0, saga_id) &&
+          saga_uuid_valid(saga_id))
+        (void)saga_apply_note_malformed(rp->s->pg, saga_id, "kafka", err);
       b->pending--;
       continue;
     }

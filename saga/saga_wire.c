@@ -130,6 +130,27 @@ void saga_wire_reply_free(saga_reply_t *r) {
   r->data = NULL;
 }
 
+static const bt_kafka_header_t *header(const bt_kafka_header_t *h, size_t n, const char *name);
+
+bool saga_wire_reply_saga_id(const bt_kafka_header_t *h, size_t n, const void *value, size_t len,
+                             char out[37]) {
+  const bt_kafka_header_t *sh = header(h, n, "ce_sagaid");
+  if (sh && sh->len == 36) {
+    memcpy(out, sh->value, 36);
+    out[36] = '\0';
+    return true;
+  }
+  if (sh || !value || len == 0)
+    return false;
+  json_t *obj = json_loadb(value, len, 0, NULL);
+  const char *id = json_string_value(json_object_get(obj, "sagaid"));
+  bool ok = id && strlen(id) == 36;
+  if (ok)
+    memcpy(out, id, 37);
+  json_decref(obj);
+  return ok;
+}
+
 int saga_wire_reply_step(const saga_reply_t *r, const saga_plan_t *plan) {
   if (r->step_index >= 0)
     return (size_t)r->step_index < plan->nsteps ? r->step_index : -1;

@@ -76,6 +76,12 @@ int saga_wire_parse_structured(const void *value, size_t len, saga_reply_t *out,
 int saga_wire_parse_protobuf(const void *value, size_t len, saga_reply_t *out, char *err,
                              size_t errsz) BT_MUSTCHECK;
 void saga_wire_reply_free(saga_reply_t *r);
+/* The saga id a reply that failed to parse still names (the ce_sagaid header, or a
+ * structured event's "sagaid" attribute) into out (37 bytes), so that the malformed reply can
+ * be shown in that saga's history: true when there is one of a UUID's length (the caller
+ * checks the rest with saga_uuid_valid). */
+bool saga_wire_reply_saga_id(const bt_kafka_header_t *headers, size_t nheaders, const void *value,
+                             size_t len, char out[37]);
 /* The reply's step index in `plan`, or -1 when the plan has no such step. */
 int saga_wire_reply_step(const saga_reply_t *r, const saga_plan_t *plan);
 

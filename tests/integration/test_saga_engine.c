@@ -173,6 +173,38 @@ static void test_happy_and_refusal(void **state) {
   assert_int_equal(count_word(h, "reply_ignored:authorize-payment"), 1);
   assert_int_equal(count_word(h, "succeeded:reserve-inventory"), 1);
   assert_true(saga_state_is(ok, "COMPLETED"));
+
+  /* Malformed replies naming the saga, through Kafka (an outcome that is neither success nor
+   * failure) and over HTTP (no outcome: 400): each shows in the history as reply_ignored with
+   * the parser's message, and nothing else changes. */
+  reply(ok, "create-shipment", "1", "command", "maybe", "{}");
+  snprintf(body, sizeof body,
+           "{\"specversion\":\"1.0\",\"id\":\"y\",\"source\":\"/it\",\"type\":\"SagaReply\","
+           "\"sagaid\":\"%s\",\"sagastep\":\"create-shipment\",\"sagaattempt\":1,"
+           "\"sagakind\":\"command\",\"data\":{}}",
+           ok);
+  json_decref(http_json("POST", path, body, 400));
+  deadline = bt_test_now_ms() + 20000;
+  do {
+    history_words(ok, h, sizeof h);
+    if (count_word(h, "reply_ignored:-") == 2)
+      break;
+    usleep(100 * 1000);
+  } while (bt_test_now_ms() < deadline);
+  assert_int_equal(count_word(h, "reply_ignored:-"), 2);
+  json_t *g = get_saga(ok), *e;
+  size_t i;
+  int kafka = 0, http = 0;
+  json_array_foreach(json_object_get(g, "history"), i, e) {
+    const char *d = json_string_value(json_object_get(e, "detail"));
+    kafka += d && strstr(d, "malformed (kafka)") && strstr(d, "outcome");
+    http += d && strstr(d, "malformed (http)") && strstr(d, "outcome");
+  }
+  json_decref(g);
+  assert_int_equal(kafka, 1);
+  assert_int_equal(http, 1);
+  assert_int_equal(count_word(h, "succeeded:create-shipment"), 1);
+  assert_true(saga_state_is(ok, "COMPLETED"));
 }
 
 /* A participant that never answers: attempts 1 and 2 (numbered in ce_id), then the timed-out
