@@ -12,8 +12,9 @@
  * Crashes: before the Postgres switch, the version is still `building` and the next start
  * resumes it from its own offsets; after it, the next start runs n+1 as the live version and
  * its first Redis write sets `current` (a live writer raises `current` to its version), so a
- * half switch is repaired and never reverses. A version retired by a crash before its drop
- * keeps its data (a known gap: nothing drops it later). */
+ * half switch is repaired and never reverses. A version a crash left retired, before or
+ * during its drop, is dropped again one grace period after the next start (its versions row
+ * goes with the drop, so a retired row means "not dropped yet"). */
 #include "proj_rebuild.h"
 
 #include <stdio.h>
@@ -291,7 +292,7 @@ static void on_close(bt_app_t *app, void *arg) {
   uv_close((uv_handle_t *)&b->timer, NULL);
 }
 
-int proj_rebuild_start(projector_t *p, const int *building) {
+int proj_rebuild_start(projector_t *p, const int *building, const int *retired) {
   p->rebuilds = calloc(p->defs.ndefs, sizeof *p->rebuilds);
   if (!p->rebuilds)
     return BT_ENOMEM;
@@ -316,6 +317,15 @@ int proj_rebuild_start(projector_t *p, const int *building) {
       int rc = start_runner(b);
       if (rc)
         return rc;
+    } else if (retired[i] > 0) {
+      /* A crash during a rebuild's grace period left the old version's tables and keys:
+       * readers have moved on since, but they get the grace period again before the drop. */
+      b->from = retired[i];
+      bt_log_info("dropping a retired version after the grace period", "{s:s, s:i, s:I}",
+                  "projection", p->defs.defs[i].name, "version", b->from, "grace_ms",
+                  (json_int_t)p->cfg.rebuild_grace_ms);
+      rb_set(b, RB_GRACE);
+      uv_timer_start(&b->timer, on_grace, (uint64_t)p->cfg.rebuild_grace_ms, 0);
     }
   }
   bt_http_server_route_auth(p->http, "POST", "/v1/projections/{name}/rebuild", handle_rebuild, p);

@@ -12,7 +12,7 @@ typedef struct proj_rebuild proj_rebuild_t;
  * (building[i] > 0: that version of defs.defs[i]) and registers
  * POST /v1/projections/{name}/rebuild (202 with the new version; 404 unknown projection; 409
  * while one runs; 503 Postgres unavailable). Returns 0 or BT_ENOMEM. */
-int proj_rebuild_start(struct projector *p, const int *building) BT_MUSTCHECK;
+int proj_rebuild_start(struct projector *p, const int *building, const int *retired) BT_MUSTCHECK;
 /* Frees the slots (after the loop ended). */
 void proj_rebuild_free(struct projector *p);
 

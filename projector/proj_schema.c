@@ -200,8 +200,8 @@ static int create_tables(PGconn *c, const proj_def_t *d, int v, char *errstr, si
   return exec(c, "create aggregate table", sql, 0, NULL, NULL, errstr, errsz);
 }
 
-static int prepare_one(PGconn *c, const proj_def_t *d, int *version, int *building, char *errstr,
-                       size_t errsz) {
+static int prepare_one(PGconn *c, const proj_def_t *d, int *version, int *building, int *retired,
+                       char *errstr, size_t errsz) {
   const char *p[] = {d->name};
   PGresult *r = NULL;
   int rc = exec(c, "claim version 1",
@@ -228,6 +228,16 @@ static int prepare_one(PGconn *c, const proj_def_t *d, int *version, int *buildi
   if (rc)
     return rc;
   *building = atoi(PQgetvalue(r, 0, 0));
+  PQclear(r);
+  /* A dropped version loses its row (proj_schema_drop_version): a retired row is one whose
+   * drop a crash prevented. */
+  rc = exec(c, "read retired",
+            "SELECT coalesce(max(version), 0) FROM projector.versions "
+            "WHERE projection = $1 AND state = 'retired'",
+            1, p, &r, errstr, errsz);
+  if (rc)
+    return rc;
+  *retired = atoi(PQgetvalue(r, 0, 0));
   PQclear(r);
   if ((d->sinks & PROJ_SINK_POSTGRES))
     rc = create_tables(c, d, *version, errstr, errsz);
@@ -265,13 +275,13 @@ static int commit_close(PGconn *c, int rc, char *errstr, size_t errsz) {
 }
 
 int proj_schema_prepare(const char *dsn, const proj_def_set_t *defs, int *versions, int *building,
-                        char *errstr, size_t errsz) {
+                        int *retired, char *errstr, size_t errsz) {
   PGconn *c = begin_locked(dsn, errstr, errsz);
   if (!c)
     return BT_EIO;
   int rc = 0;
   for (size_t i = 0; !rc && i < defs->ndefs; i++)
-    rc = prepare_one(c, &defs->defs[i], &versions[i], &building[i], errstr, errsz);
+    rc = prepare_one(c, &defs->defs[i], &versions[i], &building[i], &retired[i], errstr, errsz);
   return commit_close(c, rc, errstr, errsz);
 }
 
@@ -349,5 +359,10 @@ int proj_schema_drop_version(const char *dsn, const char *projection, int versio
     rc = exec(c, "drop offsets",
               "DELETE FROM projector.offsets WHERE projection = $1 AND version = $2::int", 2, pv,
               NULL, errstr, errsz);
+  if (!rc)
+    rc = exec(c, "forget version",
+              "DELETE FROM projector.versions WHERE projection = $1 AND version = $2::int "
+              "AND state = 'retired'",
+              2, pv, NULL, errstr, errsz);
   return commit_close(c, rc, errstr, errsz);
 }

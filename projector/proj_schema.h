@@ -19,10 +19,12 @@ int proj_schema_version(void);
 /* For every definition: makes sure it has a live version (version 1, state live, in
  * projector.current, when it has none) and, when it writes to Postgres, that version's
  * tables exist with a column per indexed, ordered and aggregated field. versions[i] receives
- * the live version of defs->defs[i]. One transaction under the migration lock, so replicas
+ * the live version of defs->defs[i], building[i] the version a rebuild is building (0: none)
+ * and retired[i] the newest retired version not yet dropped (0: none; a crash during a
+ * rebuild's grace period leaves one). One transaction under the migration lock, so replicas
  * starting together agree. Returns 0 or BT_EIO with errstr. */
 int proj_schema_prepare(const char *dsn, const proj_def_set_t *defs, int *versions, int *building,
-                        char *errstr, size_t errsz) BT_MUSTCHECK;
+                        int *retired, char *errstr, size_t errsz) BT_MUSTCHECK;
 
 /* Rebuilds (blocking: run off the loop). begin_rebuild adds version max+1 in state building
  * with its tables (BT_ECONFLICT when one is building already; *version says which); switch

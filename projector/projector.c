@@ -95,13 +95,17 @@ int projector_start(projector_t *p) {
   p->versions = calloc(p->defs.ndefs, sizeof *p->versions);
   p->runners = calloc(p->defs.ndefs, sizeof *p->runners);
   int *building = calloc(p->defs.ndefs, sizeof *building);
-  if (!p->versions || !p->runners || !building) {
+  int *retired = calloc(p->defs.ndefs, sizeof *retired);
+  if (!p->versions || !p->runners || !building || !retired) {
     free(building);
+    free(retired);
     return BT_ENOMEM;
   }
-  if (proj_schema_prepare(p->cfg.pg_dsn, &p->defs, p->versions, building, err, sizeof err) != 0) {
+  if (proj_schema_prepare(p->cfg.pg_dsn, &p->defs, p->versions, building, retired, err,
+                          sizeof err) != 0) {
     bt_log_error("cannot prepare the projections' tables", "{s:s}", "error", err);
     free(building);
+    free(retired);
     return BT_EIO;
   }
   register_metrics(p);
@@ -118,8 +122,9 @@ int projector_start(projector_t *p) {
       p->nrunners++;
   }
   if (!rc)
-    rc = proj_rebuild_start(p, building);
+    rc = proj_rebuild_start(p, building, retired);
   free(building);
+  free(retired);
   return rc;
 }
 
