@@ -220,24 +220,18 @@ static int prepare_one(PGconn *c, const proj_def_t *d, int *version, int *buildi
     return rc;
   *version = atoi(PQgetvalue(r, 0, 0));
   PQclear(r);
-  /* A rebuild interrupted by a crash resumes: its version keeps its tables and offsets. */
-  rc = exec(c, "read building",
-            "SELECT coalesce(max(version), 0) FROM projector.versions "
-            "WHERE projection = $1 AND state = 'building'",
+  /* A rebuild interrupted by a crash resumes: its version keeps its tables and offsets. A
+   * dropped version loses its row (proj_schema_drop_version), so a retired row is one whose
+   * drop a crash prevented. */
+  rc = exec(c, "read building and retired",
+            "SELECT coalesce(max(version) FILTER (WHERE state = 'building'), 0), "
+            "coalesce(max(version) FILTER (WHERE state = 'retired'), 0) "
+            "FROM projector.versions WHERE projection = $1",
             1, p, &r, errstr, errsz);
   if (rc)
     return rc;
   *building = atoi(PQgetvalue(r, 0, 0));
-  PQclear(r);
-  /* A dropped version loses its row (proj_schema_drop_version): a retired row is one whose
-   * drop a crash prevented. */
-  rc = exec(c, "read retired",
-            "SELECT coalesce(max(version), 0) FROM projector.versions "
-            "WHERE projection = $1 AND state = 'retired'",
-            1, p, &r, errstr, errsz);
-  if (rc)
-    return rc;
-  *retired = atoi(PQgetvalue(r, 0, 0));
+  *retired = atoi(PQgetvalue(r, 0, 1));
   PQclear(r);
   if ((d->sinks & PROJ_SINK_POSTGRES))
     rc = create_tables(c, d, *version, errstr, errsz);
