@@ -51,6 +51,7 @@ typedef struct msg {
   bt_kafka_message_t view;
   rd_kafka_message_t *rkm;
   bool kept;
+  bool delivering;         /* inside its callback: a release there leaves the free to deliver() */
   struct msg *prev, *next; /* in c->kept while kept */
 } msg_t;
 
@@ -373,16 +374,23 @@ static msg_t *msg_wrap(bt_kafka_consumer_t *c, rd_kafka_message_t *rkm) {
   return m;
 }
 
+/* The callback may keep a message and release it before it returns (a batch the service
+ * settles at once, every record malformed): the message is freed here, after the callback,
+ * never under it (ASan saw the use after free in baton-saga). */
 static void deliver(bt_kafka_consumer_t *c, size_t n) {
   bt_gauge_set(&c->stats.unreleased, c->unreleased);
   bt_counter_add(&c->stats.delivered, n);
+  for (size_t i = 0; i < n; i++)
+    c->batch[i]->delivering = true;
   if (c->on_batch)
     c->on_batch(c, (bt_kafka_message_t *const *)c->batch, n, c->arg);
   else
     c->cb(c, &c->batch[0]->view, c->arg); /* single mode: batch_max is 1 */
-  for (size_t i = 0; i < n; i++)
+  for (size_t i = 0; i < n; i++) {
+    c->batch[i]->delivering = false;
     if (!c->batch[i]->kept)
       msg_free(c, c->batch[i]);
+  }
   update_fetch(c);
 }
 
@@ -718,7 +726,9 @@ void bt_kafka_consumer_release(bt_kafka_consumer_t *c, const bt_kafka_message_t 
     c->kept = m->next;
   if (m->next)
     m->next->prev = m->prev;
-  msg_free(c, m);
+  m->kept = false;
+  if (!m->delivering)
+    msg_free(c, m);
   if (c->state != CONSUMER_CLOSING)
     update_fetch(c);
 }
