@@ -201,6 +201,8 @@ static void set_seeking(bt_kafka_consumer_t *c, const char *topic, int32_t parti
 
 /* False for a message from before a pending seek (see set_seeking). */
 static bool past_seek(bt_kafka_consumer_t *c, const rd_kafka_message_t *m) {
+  if (c->seeking->cnt == 0) /* the common case, on every message: no lookup */
+    return true;
   rd_kafka_topic_partition_t *s = find(c->seeking, rd_kafka_topic_name(m->rkt), m->partition);
   if (!s)
     return true;
