@@ -34,6 +34,10 @@ typedef struct participant_cmd {
   char replyto[PARTICIPANT_MAX_NAME + 1];
   char traceparent[129];
   json_t *value; /* {"input":..,"results":{..}}; owned */
+  /* The record's encoding (issue 8 §2): a protobuf baton.v1.SagaCommand is answered with a
+   * baton.v1.SagaReply, a JSON value with a binary-mode CloudEvent. */
+  bool protobuf;
+  uint32_t step_index; /* protobuf only: the step's index, which SagaReply names */
 } participant_cmd_t;
 
 /* What a role contributes. Everything is static. */
@@ -109,6 +113,18 @@ int participant_main(const participant_role_t *role, int argc, char **argv);
 void participant_on_message(bt_kafka_consumer_t *c, const bt_kafka_message_t *m, void *arg);
 void participant_jobs_drain(bt_app_t *app, void *arg);
 void participant_jobs_close(bt_app_t *app, void *arg);
+
+/* participant_proto.c: the protobuf encoding of commands and replies (proto/baton/v1/saga.proto).
+ * Decodes a baton.v1.SagaCommand (value/len borrowed) into c->value and c->step_index, and
+ * checks that it names the same saga, attempt, kind and command type as the record's ce_
+ * headers (c, already parsed). Returns 0, or BT_EINVAL with why (the field at fault). */
+int participant_proto_decode(participant_cmd_t *c, const void *value, size_t len, char *why,
+                             size_t whysz) BT_MUSTCHECK;
+/* Encodes the baton.v1.SagaReply answering c with `outcome` ("success", "failure" or "retry")
+ * and data (JSON text or NULL, the payload). Returns a malloc'd buffer (the caller frees it)
+ * and its length in *len, or NULL when out of memory. */
+void *participant_proto_reply(const participant_cmd_t *c, const char *outcome, const char *data,
+                              size_t *len);
 
 /* participant_ledger.c: fills p->sql_apply, the call of the role schema's apply function
  * ($1 saga id, $2 step, $3 attempt, $4 kind, $5 command id, $6 type, $7 wanted outcome,

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "backoff.h"
 #include "fsm.h"
@@ -158,12 +159,10 @@ static int parse_command(const bt_kafka_message_t *m, participant_cmd_t *c, char
     snprintf(why, whysz, "header ce_sagakind: \"%s\" is not command or compensation", c->kind);
     return BT_EINVAL;
   }
-  if (strstr(ctype, "protobuf")) {
-    /* The example participants speak the JSON encoding only; a protobuf definition needs a
-     * participant that decodes baton.v1.SagaCommand. */
-    snprintf(why, whysz, "content-type %s: only JSON commands are understood", ctype);
-    return BT_EINVAL;
-  }
+  /* The engine marks a definition's `encoding: protobuf` with this content type only; the
+   * value is then a baton.v1.SagaCommand, answered in kind. */
+  if (strstr(ctype, "protobuf"))
+    return participant_proto_decode(c, m->value, m->value_len, why, whysz);
   json_error_t je;
   c->value = m->value ? json_loadb(m->value, m->value_len, 0, &je) : NULL;
   if (!json_is_object(c->value)) {
@@ -196,6 +195,24 @@ static char *refusal(const char *error, const char *reason) {
   return dump(json_pack("{s:s, s:s}", "error", error, "reason", reason));
 }
 
+/* fail_compensation_at refuses the step's compensation; with "fail_compensation_until":
+ * <Unix seconds> only until then, so that a saga goes FAILED and an operator retry after that
+ * time compensates it (the demo's operator retry). A value that is not Unix seconds refuses
+ * with a reason naming the rule, which the saga's history then shows. */
+static void refuse_compensation(participant_job_t *j) {
+  json_t *until = json_object_get(json_object_get(j->cmd.value, "input"),
+                                  "fail_compensation_until");
+  if (until && (!json_is_integer(until) || json_integer_value(until) < 0)) {
+    j->want = "failure";
+    j->result = refusal("bad_rule", "fail_compensation_until: expected Unix seconds (an integer)");
+    return;
+  }
+  if (until && (json_int_t)time(NULL) >= json_integer_value(until))
+    return; /* the participant changed its mind: compensate */
+  j->want = "failure";
+  j->result = refusal("refused", until ? "fail_compensation_until" : "fail_compensation_at");
+}
+
 static void decide(participant_job_t *j) {
   participant_t *p = j->p;
   const participant_role_t *r = p->role;
@@ -222,8 +239,7 @@ static void decide(participant_job_t *j) {
       j->want = "failure";
       j->result = refusal("unknown_compensation", c->type);
     } else if (rule_hits(c, "fail_compensation_at")) {
-      j->want = "failure";
-      j->result = refusal("refused", "fail_compensation_at");
+      refuse_compensation(j);
     }
     json_t *got = json_object_get(json_object_get(c->value, "results"), c->step);
     j->received = got ? dump(json_incref(got)) : NULL;
@@ -350,21 +366,32 @@ static void reply(participant_job_t *j) {
   snprintf(id, sizeof id, "%s/reply", c->command_id);
   snprintf(source, sizeof source, "/baton/participant/%s", p->role->name);
   snprintf(type, sizeof type, "%s.reply", c->type);
-  /* Binary mode: the attributes are ce_ headers, the value is the data (issue 8 §2). */
   bt_kafka_header_t h[16];
   size_t n = 0;
 #define H(name, v) h[n++] = (bt_kafka_header_t){name, v, strlen(v)}
-  H("ce_specversion", "1.0");
-  H("ce_id", id);
-  H("ce_type", type);
-  H("ce_source", source);
-  H("ce_subject", c->saga_id);
-  H("ce_sagaid", c->saga_id);
-  H("ce_sagastep", c->step);
-  H("ce_sagaattempt", c->attempt);
-  H("ce_sagakind", c->kind);
-  H("ce_outcome", j->outcome);
-  H("content-type", "application/json");
+  void *pb = NULL;
+  size_t pblen = 0;
+  if (c->protobuf) {
+    /* A SagaReply in the value. The engine tells the forms apart by ce_specversion, so this
+     * reply carries no ce_ attributes, only its content type (and the trace). */
+    pb = participant_proto_reply(c, j->outcome, j->data, &pblen);
+    if (!pb)
+      bt_fatal("out of memory");
+    H("content-type", "application/protobuf");
+  } else {
+    /* Binary mode: the attributes are ce_ headers, the value is the data (issue 8 §2). */
+    H("ce_specversion", "1.0");
+    H("ce_id", id);
+    H("ce_type", type);
+    H("ce_source", source);
+    H("ce_subject", c->saga_id);
+    H("ce_sagaid", c->saga_id);
+    H("ce_sagastep", c->step);
+    H("ce_sagaattempt", c->attempt);
+    H("ce_sagakind", c->kind);
+    H("ce_outcome", j->outcome);
+    H("content-type", "application/json");
+  }
   if (c->traceparent[0])
     H("traceparent", c->traceparent);
 #undef H
@@ -373,8 +400,8 @@ static void reply(participant_job_t *j) {
       .partition = BT_KAFKA_PARTITION_ANY,
       .key = c->saga_id,
       .key_len = strlen(c->saga_id),
-      .value = j->data,
-      .value_len = j->data ? strlen(j->data) : 0,
+      .value = pb ? pb : j->data,
+      .value_len = pb ? pblen : j->data ? strlen(j->data) : 0,
       .headers = h,
       .nheaders = n,
   };
@@ -385,11 +412,12 @@ static void reply(participant_job_t *j) {
       if (j->replies_out == 0)
         retry_later(j, true, "reply", bt_strerror(rc));
       /* Otherwise the delivery report of the one accepted decides what comes next. */
-      return;
+      break;
     }
     j->replies_out++;
     p->busy++;
   }
+  free(pb); /* the producer copied the value */
 }
 
 /* ---- the consumer and the drain ----------------------------------------------------------- */
