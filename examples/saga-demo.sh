@@ -6,9 +6,14 @@
 #      AuthorizePayment;
 #   3. a shipment that never answers times out and rolls back, the timed-out step included;
 #   4. an operator abort of a running saga (its shipment never answers) compensates at once;
-#   5. kcat shows the commands on Kafka with their CloudEvents headers.
+#   5. an operator retry of a FAILED saga: its inventory release is refused until a time T, so
+#      the compensation's attempts run out (FAILED); after T, POST /v1/sagas/{id}/retry
+#      compensates it;
+#   6. kcat shows the commands on Kafka with their CloudEvents headers.
 # The example participants obey rules in the saga's input (examples/participants):
-# fail_at / never_answer_at name the step to refuse or to leave unanswered.
+# fail_at / never_answer_at name the step to refuse or to leave unanswered,
+# fail_compensation_at the step whose compensation to refuse, and fail_compensation_until
+# (Unix seconds) until when.
 # Usage: examples/saga-demo.sh [ENV_FILE]   (default .run/env; the dev stack's env file)
 # BATON_DEMO_TOKEN: the bearer token, when the services were started with BATON_API_TOKENS.
 set -euo pipefail
@@ -59,6 +64,33 @@ step "POST /v1/sagas/checkout {\"order\":\"o-4\",\"never_answer_at\":\"create-sh
 start '{"order":"o-4","never_answer_at":"create-shipment"}' 1s
 post "/v1/sagas/$id/abort" | jq -c '{id, state}'
 get "/v1/sagas/$id?wait=5s" >/dev/null
+history "$id"
+
+# The saga's state, polled until it is $2 or $3 seconds have passed; exits when it is not.
+wait_state() {
+  local s=""
+  for _ in $(seq 1 $(($3 * 5))); do
+    s=$(get "/v1/sagas/$1" | jq -r .state)
+    [[ "$s" == "$2" ]] && return 0
+    sleep 0.2
+  done
+  echo "  the saga is $s, not $2" >&2
+  exit 1
+}
+
+# checkout.yaml retries a compensation 5 times, backing off 200 ms doubling (about 3 s in
+# all): a release refused for 8 s leaves the saga FAILED well before the participant gives in.
+until=$(($(date +%s) + 8))
+in5="{\"order\":\"o-5\",\"fail_at\":\"authorize-payment\",\"fail_compensation_at\":\"reserve-inventory\",\"fail_compensation_until\":$until}"
+step "POST /v1/sagas/checkout $in5   (payment refused; the inventory release refused until $(date -u -d "@$until" +%T))"
+start "$in5" 1s
+wait_state "$id" FAILED 8
+history "$id"
+echo "  (waiting until $(date -u -d "@$until" +%T) for the participant to accept the release)"
+while (($(date +%s) <= until)); do sleep 0.2; done
+step "POST /v1/sagas/$id/retry   (operator retry: a new round of compensation attempts)"
+post "/v1/sagas/$id/retry" | jq -c '{id, state}'
+wait_state "$id" COMPENSATED 10
 history "$id"
 
 step "kcat -C -t inventory.commands -o -2 -e   (the commands, with their CloudEvents headers)"
