@@ -11,8 +11,7 @@
 
 int participant_proto_decode(participant_cmd_t *c, const void *value, size_t len, char *why,
                              size_t whysz) {
-  Baton__V1__SagaCommand *m =
-      value ? baton__v1__saga_command__unpack(NULL, len, value) : NULL;
+  Baton__V1__SagaCommand *m = value ? baton__v1__saga_command__unpack(NULL, len, value) : NULL;
   if (!m) {
     snprintf(why, whysz, "the value is not a baton.v1.SagaCommand message");
     return BT_EINVAL;
@@ -21,16 +20,15 @@ int participant_proto_decode(participant_cmd_t *c, const void *value, size_t len
    * numbers it (the reply must): both must describe the same command, or one of them lies. */
   char attempt[16];
   snprintf(attempt, sizeof attempt, "%u", m->attempt);
-  const char *kind =
-      m->kind == BATON__V1__SAGA_COMMAND__KIND__COMMAND        ? "command"
-      : m->kind == BATON__V1__SAGA_COMMAND__KIND__COMPENSATION ? "compensation"
-                                                               : "?";
-  const char *field = strcmp(m->saga_id, c->saga_id) != 0             ? "saga_id"
-                      : strcmp(attempt, c->attempt) != 0              ? "attempt"
-                      : strcmp(kind, c->kind) != 0                    ? "kind"
-                      : strcmp(m->command_type, c->type) != 0         ? "command_type"
+  const char *kind = m->kind == BATON__V1__SAGA_COMMAND__KIND__COMMAND        ? "command"
+                     : m->kind == BATON__V1__SAGA_COMMAND__KIND__COMPENSATION ? "compensation"
+                                                                              : "?";
+  const char *field = strcmp(m->saga_id, c->saga_id) != 0                          ? "saga_id"
+                      : strcmp(attempt, c->attempt) != 0                           ? "attempt"
+                      : strcmp(kind, c->kind) != 0                                 ? "kind"
+                      : strcmp(m->command_type, c->type) != 0                      ? "command_type"
                       : *m->reply_topic && strcmp(m->reply_topic, c->replyto) != 0 ? "reply_topic"
-                                                                      : NULL;
+                                                                                   : NULL;
   int rc = 0;
   json_error_t je;
   if (field) {

@@ -62,8 +62,7 @@ static void wait_state(const char *id, const char *want, int timeout_ms) {
     st_saga_state(st.pg, id, s, sizeof s);
     if (strcmp(s, want) == 0)
       return;
-    if (strcmp(s, "COMPLETED") == 0 || strcmp(s, "COMPENSATED") == 0 ||
-        strcmp(s, "FAILED") == 0)
+    if (strcmp(s, "COMPLETED") == 0 || strcmp(s, "COMPENSATED") == 0 || strcmp(s, "FAILED") == 0)
       break;
     usleep(100 * 1000);
   }
@@ -89,8 +88,8 @@ static size_t commands_of(const char *topic, const char *id, Baton__V1__SagaComm
     const char *ct = bt_test_kmsg_header(&msgs[i], "content-type");
     assert_non_null(ct);
     assert_string_equal(ct, "application/protobuf");
-    Baton__V1__SagaCommand *c = baton__v1__saga_command__unpack(
-        NULL, msgs[i].value_len, (const uint8_t *)msgs[i].value);
+    Baton__V1__SagaCommand *c =
+        baton__v1__saga_command__unpack(NULL, msgs[i].value_len, (const uint8_t *)msgs[i].value);
     if (!c)
       fail_msg("%s offset %lld: not a baton.v1.SagaCommand", topic, (long long)msgs[i].offset);
     assert_string_equal(c->saga_id, id);
@@ -115,8 +114,8 @@ static size_t replies_of(const char *id, Baton__V1__SagaReply **out, size_t max)
     assert_non_null(ct);
     assert_string_equal(ct, "application/protobuf");
     assert_null(bt_test_kmsg_header(&msgs[i], "ce_specversion"));
-    Baton__V1__SagaReply *r = baton__v1__saga_reply__unpack(NULL, msgs[i].value_len,
-                                                            (const uint8_t *)msgs[i].value);
+    Baton__V1__SagaReply *r =
+        baton__v1__saga_reply__unpack(NULL, msgs[i].value_len, (const uint8_t *)msgs[i].value);
     if (!r)
       fail_msg("reply offset %lld: not a baton.v1.SagaReply", (long long)msgs[i].offset);
     assert_string_equal(r->saga_id, id);
@@ -227,17 +226,16 @@ static void test_protobuf_refusal_compensates(void **state) {
   json_t *p = payload_json(comp->payload);
   char rsv[128];
   snprintf(rsv, sizeof rsv, "rsv-%s", id);
-  assert_string_equal(json_string_value(json_object_get(
-                          json_object_get(json_object_get(p, "results"), "reserve-inventory"),
-                          "reservation_id")),
-                      rsv);
+  assert_string_equal(
+      json_string_value(json_object_get(
+          json_object_get(json_object_get(p, "results"), "reserve-inventory"), "reservation_id")),
+      rsv);
   json_decref(p);
   free_all(c, nc, r, nr);
 }
 
 /* A record on the command topic with the engine's ce_ headers and a protobuf content type. */
-static void send_protobuf_record(rd_kafka_t *rk, const char *saga, const void *value,
-                                 size_t len) {
+static void send_protobuf_record(rd_kafka_t *rk, const char *saga, const void *value, size_t len) {
   rd_kafka_headers_t *h = rd_kafka_headers_new(16);
   rd_kafka_header_add(h, "ce_specversion", -1, "1.0", -1);
   rd_kafka_header_add(h, "ce_type", -1, "ReserveInventory", -1);
@@ -248,10 +246,10 @@ static void send_protobuf_record(rd_kafka_t *rk, const char *saga, const void *v
   rd_kafka_header_add(h, "ce_sagakind", -1, "command", -1);
   rd_kafka_header_add(h, "ce_replyto", -1, st.t_reply, -1);
   rd_kafka_header_add(h, "content-type", -1, "application/protobuf", -1);
-  rd_kafka_resp_err_t e = rd_kafka_producev(
-      rk, RD_KAFKA_V_TOPIC(st.t_inv), RD_KAFKA_V_KEY(saga, strlen(saga)),
-      RD_KAFKA_V_VALUE((void *)value, len), RD_KAFKA_V_HEADERS(h),
-      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+  rd_kafka_resp_err_t e =
+      rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(st.t_inv), RD_KAFKA_V_KEY(saga, strlen(saga)),
+                        RD_KAFKA_V_VALUE((void *)value, len), RD_KAFKA_V_HEADERS(h),
+                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
   if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
     rd_kafka_headers_destroy(h);
     fail_msg("produce: %s", rd_kafka_err2str(e));
