@@ -95,9 +95,12 @@ history "$id"
 
 step "kcat -C -t inventory.commands -o -2 -e   (the commands, with their CloudEvents headers)"
 if command -v kcat >/dev/null; then
-  kcat -C -b "$BATON_KAFKA_BROKERS" -t inventory.commands -p 0 -o -2 -e -q \
-    -f '  partition %p offset %o key %k\n  headers %h\n  value %s\n' 2>/dev/null | cut -c1-200 ||
-    echo "  (kcat could not read the topic)"
+  # The last two records of every partition (a saga's commands go to the partition of its id),
+  # of which the last two printed.
+  out=$(kcat -C -b "$BATON_KAFKA_BROKERS" -t inventory.commands -o -2 -e -q \
+    -f '  partition %p offset %o key %k\n  headers %h\n  value %s\n' 2>/dev/null) ||
+    out=""
+  if [[ -n "$out" ]]; then tail -n 6 <<<"$out" | cut -c1-200; else echo "  (kcat read no record)"; exit 1; fi
 else
   echo "  (kcat is not installed: ./dev deps)"
 fi
