@@ -12,9 +12,11 @@
  * Crashes: before the Postgres switch, the version is still `building` and the next start
  * resumes it from its own offsets; after it, the next start runs n+1 as the live version and
  * its first Redis write sets `current` (a live writer raises `current` to its version), so a
- * half switch is repaired and never reverses. A version a crash left retired, before or
- * during its drop, is dropped again one grace period after the next start (its versions row
- * goes with the drop, so a retired row means "not dropped yet"). */
+ * half switch is repaired and never reverses. The versions a crash left retired, before or
+ * during their drop, are dropped one grace period after the next start, one after the other
+ * (a versions row goes with its drop, so a retired row means "not dropped yet"; crashes in
+ * several grace periods leave several). When a rebuild resumes at that start too, they are
+ * dropped after its own drop. */
 #include "proj_rebuild.h"
 
 #include <stdio.h>
@@ -49,6 +51,8 @@ struct proj_rebuild {
   bt_http_req_t *req;          /* the POST waiting for its version to exist */
   bt_redis_script_t *drop;
   char pattern[300];           /* bt:proj:{P}:v{from}:* while dropping */
+  int *leftover;               /* retired versions a crash left, still to drop after `from` */
+  size_t nleftover;
 };
 
 /* Deletes one SCAN page of a version's keys; returns the next cursor ("0": done). */
@@ -229,7 +233,16 @@ static void drop_work(uv_work_t *w) {
                                         sizeof b->err);
 }
 
+static void drop_next(proj_rebuild_t *b);
+
+/* One version is dropped (or given up on): the next leftover follows at once, it had its
+ * grace period already. */
 static void dropped(proj_rebuild_t *b) {
+  if (b->nleftover > 0) {
+    b->from = b->leftover[--b->nleftover];
+    drop_next(b);
+    return;
+  }
   rb_set(b, RB_IDLE);
 }
 
@@ -274,8 +287,9 @@ static void drop_done(uv_work_t *w, int status) {
   drop_step(b, "0");
 }
 
-static void on_grace(uv_timer_t *t) {
-  proj_rebuild_t *b = t->data;
+static void on_grace(uv_timer_t *t) { drop_next(t->data); }
+
+static void drop_next(proj_rebuild_t *b) {
   rb_set(b, RB_DROPPING);
   b->work.data = b;
   if (uv_queue_work(b->p->app.loop, &b->work, drop_work, drop_done) != 0) {
@@ -292,7 +306,7 @@ static void on_close(bt_app_t *app, void *arg) {
   uv_close((uv_handle_t *)&b->timer, NULL);
 }
 
-int proj_rebuild_start(projector_t *p, const int *building, const int *retired) {
+int proj_rebuild_start(projector_t *p, const int *building, proj_retired_t *retired) {
   p->rebuilds = calloc(p->defs.ndefs, sizeof *p->rebuilds);
   if (!p->rebuilds)
     return BT_ENOMEM;
@@ -308,6 +322,11 @@ int proj_rebuild_start(projector_t *p, const int *building, const int *retired) 
     b->timer.data = b;
     bt_app_on_shutdown(&p->app, NULL, on_close, b);
     p->rebuilds[i] = b;
+    /* The slot owns the list from here; it pops from the end, so the newest goes first. */
+    b->leftover = retired[i].v;
+    b->nleftover = retired[i].n;
+    retired[i].v = NULL;
+    retired[i].n = 0;
     if (building[i] > 0) {
       /* A rebuild a crash interrupted: it resumes from its own offsets. */
       b->from = p->versions[i];
@@ -317,13 +336,13 @@ int proj_rebuild_start(projector_t *p, const int *building, const int *retired) 
       int rc = start_runner(b);
       if (rc)
         return rc;
-    } else if (retired[i] > 0) {
-      /* A crash during a rebuild's grace period left the old version's tables and keys:
-       * readers have moved on since, but they get the grace period again before the drop. */
-      b->from = retired[i];
-      bt_log_info("dropping a retired version after the grace period", "{s:s, s:i, s:I}",
-                  "projection", p->defs.defs[i].name, "version", b->from, "grace_ms",
-                  (json_int_t)p->cfg.rebuild_grace_ms);
+    } else if (b->nleftover > 0) {
+      /* Crashes during rebuilds' grace periods left old versions' tables and keys: readers
+       * have moved on since, but they get the grace period again before the drops. */
+      b->from = b->leftover[--b->nleftover];
+      bt_log_info("dropping retired versions after the grace period", "{s:s, s:i, s:i, s:I}",
+                  "projection", p->defs.defs[i].name, "version", b->from, "more",
+                  (int)b->nleftover, "grace_ms", (json_int_t)p->cfg.rebuild_grace_ms);
       rb_set(b, RB_GRACE);
       uv_timer_start(&b->timer, on_grace, (uint64_t)p->cfg.rebuild_grace_ms, 0);
     }
@@ -340,6 +359,7 @@ void proj_rebuild_free(projector_t *p) {
     proj_runner_free(b->runner);
     proj_runner_free(b->retired);
     bt_redis_script_free(b->drop);
+    free(b->leftover);
     free(b);
   }
   free(p->rebuilds);
