@@ -30,7 +30,6 @@
 #include "proj_runner.h"
 #include "proj_schema.h"
 #include "projector.h"
-#include "redis_script.h"
 
 typedef enum { RB_IDLE, RB_PREPARING, RB_BUILDING, RB_SWITCHING, RB_GRACE, RB_DROPPING } rb_state_t;
 
@@ -49,17 +48,12 @@ struct proj_rebuild {
   char err[512];
   uv_timer_t timer;
   bt_http_req_t *req;          /* the POST waiting for its version to exist */
-  bt_redis_script_t *drop;
   char pattern[300];           /* bt:proj:{P}:v{from}:* while dropping */
+  char cursor[64];             /* the SCAN cursor after the page being unlinked */
   int *leftover;               /* retired versions a crash left, still to drop after `from` */
   size_t nleftover;
 };
 
-/* Deletes one SCAN page of a version's keys; returns the next cursor ("0": done). */
-static const char drop_src[] =
-    "local r = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', 1000)\n"
-    "for _, k in ipairs(r[2]) do redis.call('UNLINK', k) end\n"
-    "return r[1]\n";
 
 static const proj_def_t *def_of(proj_rebuild_t *b) { return &b->p->defs.defs[b->idx]; }
 
@@ -246,31 +240,65 @@ static void dropped(proj_rebuild_t *b) {
   rb_set(b, RB_IDLE);
 }
 
-static void on_drop_reply(bt_redis_t *r, int err, const redisReply *reply, void *arg) {
+static void drop_failed(proj_rebuild_t *b) {
+  bt_log_warn("rebuild: dropping the old version's Redis keys failed; they stay", "{s:s, s:i}",
+              "projection", def_of(b)->name, "version", b->from);
+  dropped(b);
+}
+
+/* The page's keys are gone: the next page, or done at cursor "0". */
+static void on_unlink(bt_redis_t *r, int err, const redisReply *reply, void *arg) {
   (void)r;
   proj_rebuild_t *b = arg;
-  if (err || !reply || reply->type != REDIS_REPLY_STRING) {
-    bt_log_warn("rebuild: dropping the old version's Redis keys failed; they stay", "{s:s, s:i}",
-                "projection", def_of(b)->name, "version", b->from);
-    dropped(b);
+  if (err || !reply || reply->type == REDIS_REPLY_ERROR) {
+    drop_failed(b);
     return;
   }
-  if (strcmp(reply->str, "0") == 0) {
+  if (strcmp(b->cursor, "0") == 0)
     dropped(b);
+  else
+    drop_step(b, b->cursor);
+}
+
+/* One SCAN page of the version's keys: UNLINK them (named as arguments, so a cluster routes
+ * the command to their slot; no script builds key names), then go on from the cursor. */
+static void on_scan(bt_redis_t *r, int err, const redisReply *reply, void *arg) {
+  (void)r;
+  proj_rebuild_t *b = arg;
+  if (err || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+      reply->element[0]->type != REDIS_REPLY_STRING ||
+      reply->element[1]->type != REDIS_REPLY_ARRAY) {
+    drop_failed(b);
     return;
   }
-  char cursor[64];
-  snprintf(cursor, sizeof cursor, "%s", reply->str);
-  drop_step(b, cursor);
+  snprintf(b->cursor, sizeof b->cursor, "%s", reply->element[0]->str);
+  const redisReply *keys = reply->element[1];
+  if (keys->elements == 0) {
+    on_unlink(r, 0, reply, b);
+    return;
+  }
+  const char **argv = malloc((keys->elements + 1) * sizeof *argv);
+  size_t *lens = malloc((keys->elements + 1) * sizeof *lens);
+  int rc = argv && lens ? 0 : BT_ENOMEM;
+  if (!rc) {
+    argv[0] = "UNLINK";
+    lens[0] = 6;
+    for (size_t i = 0; i < keys->elements; i++) {
+      argv[i + 1] = keys->element[i]->str;
+      lens[i + 1] = keys->element[i]->len;
+    }
+    rc = bt_redis_command_argv(b->p->redis, on_unlink, b, (int)keys->elements + 1, argv, lens);
+  }
+  free(argv);
+  free(lens);
+  if (rc)
+    drop_failed(b);
 }
 
 static void drop_step(proj_rebuild_t *b, const char *cursor) {
-  const char *argv[] = {cursor, b->pattern};
-  if (bt_redis_script_run(b->drop, b->p->redis, on_drop_reply, b, 0, 2, argv, NULL) != 0) {
-    bt_log_warn("rebuild: dropping the old version's Redis keys failed; they stay", "{s:s, s:i}",
-                "projection", def_of(b)->name, "version", b->from);
-    dropped(b);
-  }
+  if (bt_redis_command(b->p->redis, on_scan, b, "SCAN %s MATCH %s COUNT 1000", cursor,
+                       b->pattern) != 0)
+    drop_failed(b);
 }
 
 static void drop_done(uv_work_t *w, int status) {
@@ -312,10 +340,8 @@ int proj_rebuild_start(projector_t *p, const int *building, proj_retired_t *reti
     return BT_ENOMEM;
   for (size_t i = 0; i < p->defs.ndefs; i++) {
     proj_rebuild_t *b = calloc(1, sizeof *b);
-    if (!b || bt_redis_script_new(&b->drop, drop_src, sizeof drop_src - 1) != 0) {
-      free(b);
+    if (!b)
       return BT_ENOMEM;
-    }
     b->p = p;
     b->idx = i;
     uv_timer_init(p->app.loop, &b->timer);
@@ -358,7 +384,6 @@ void proj_rebuild_free(projector_t *p) {
       continue;
     proj_runner_free(b->runner);
     proj_runner_free(b->retired);
-    bt_redis_script_free(b->drop);
     free(b->leftover);
     free(b);
   }
