@@ -6,6 +6,12 @@
 #   2. Read-your-writes through the broker: an invoice is published as a CloudEvent, and the
 #      publish answer's partition and offset make the projector's read wait for exactly that
 #      event (?after=legacy.billing.events:<partition>:<offset>).
+#   3. Poison: a record that is not a CloudEvent, produced with kcat, lands on the dead-letter
+#      topic with its coordinates in headers (and in baton_projector_dead_letters_total) while
+#      a good record produced after it is applied.
+#   4. Rebuild: POST /v1/projections/invoices_ce/rebuild builds version n+1 beside n; reads
+#      answer throughout, the version goes n -> n+1 and the document is the same. Exits 1 when
+#      it does not switch within 12 s or the document differs.
 # Usage: examples/projector-demo.sh [ENV_FILE]   (default .run/env; the dev stack's env file)
 # BATON_DEMO_TOKEN: the bearer token, when the services were started with BATON_API_TOKENS.
 set -euo pipefail
@@ -71,3 +77,52 @@ curl -s "${auth[@]}" -w '  (HTTP %{http_code} in %{time_total} s)\n' \
 step "an offset not yet applied: the read waits ?wait=, then answers 504 with the current position"
 curl -s "${auth[@]}" -w '  (HTTP %{http_code} in %{time_total} s)\n' \
   "$proj/v1/projections/invoices_ce/$inv?after=legacy.billing.events:$p:$((o + 1000000))&wait=500ms"
+
+step "poison: kcat -P -t legacy.billing.events -p 0   (a record that is not a CloudEvent), then a good one"
+dlq=${BATON_PROJECTOR_DLQ_TOPIC:-projector.dlq}
+dl_before=$(curl -s "$proj/metrics" | awk '/^baton_projector_dead_letters_total/ {print $2}')
+printf 'this is not JSON\n' | kcat -P -b "$BATON_KAFKA_BROKERS" -t legacy.billing.events -p 0 -k "poison-$run"
+good="inv-after-poison-$run"
+printf '{"specversion":"1.0","id":"%s","source":"/demo/kcat","type":"InvoiceIssued","data":{"invoice_id":"%s","customer_id":"cust-demo","amount_cents":700,"due_date":"2030-02-28"}}\n' \
+  "$good" "$good" | kcat -P -b "$BATON_KAFKA_BROKERS" -t legacy.billing.events -p 0 -k "$good"
+# The good record is the newest of partition 0: its offset is what ?after= waits for.
+go=$(kcat -C -b "$BATON_KAFKA_BROKERS" -t legacy.billing.events -p 0 -o -1 -c 1 -e -q -f '%o\n')
+step "GET /v1/projections/invoices_ce/$good?after=legacy.billing.events:0:$go&wait=5s   (applied past the poison)"
+curl -s "${auth[@]}" -w '  (HTTP %{http_code} in %{time_total} s)\n' \
+  "$proj/v1/projections/invoices_ce/$good?after=legacy.billing.events:0:$go&wait=5s"
+step "kcat -C -t $dlq -o -1 -c 1   (the dead letter: class, error and its coordinates in headers)"
+kcat -C -b "$BATON_KAFKA_BROKERS" -t "$dlq" -o -1 -c 1 -e -q \
+  -f '  key %k  value %s\n  headers %h\n'
+dl_after=$(curl -s "$proj/metrics" | awk '/^baton_projector_dead_letters_total/ {print $2}')
+echo "  baton_projector_dead_letters_total: ${dl_before:-0} -> ${dl_after:-0}"
+
+step "POST /v1/projections/invoices_ce/rebuild   (version n+1 beside n; reads go on throughout)"
+doc() { get "/v1/projections/invoices_ce/$good" | jq -cS '.doc'; }
+before=$(doc)
+v0=$(get "/v1/projections/invoices_ce/$good" | jq -r '.version')
+ans=$(curl -s "${auth[@]}" -X POST -w '\n%{http_code}' "$proj/v1/projections/invoices_ce/rebuild")
+echo "  ${ans%$'\n'*}  (HTTP ${ans##*$'\n'})"
+if [[ ${ans##*$'\n'} == 409 ]]; then
+  # A demo run less than BATON_PROJECTOR_REBUILD_GRACE (60 s) ago left its old version in
+  # its grace period; the slot takes a new rebuild once that version is dropped.
+  echo "  (an earlier rebuild is still in its grace period; run the demo again in a minute)"
+  exit 0
+fi
+v=$v0 reads=0 failed=0 deadline=$((SECONDS + 12))
+while ((SECONDS < deadline)); do # the switch comes once n+1 caught up
+  ans=$(curl -s "${auth[@]}" -w '\n%{http_code}' "$proj/v1/projections/invoices_ce/$good")
+  reads=$((reads + 1))
+  [[ ${ans##*$'\n'} == 200 ]] || failed=$((failed + 1))
+  v=$(jq -r '.version' <<<"${ans%$'\n'*}" 2>/dev/null || echo "$v")
+  [[ $v != "$v0" ]] && break
+  sleep 0.1
+done
+after=$(doc)
+echo "  version $v0 -> $v after $reads reads ($failed not 200)"
+echo "  document before: $before"
+echo "  document after:  $after"
+[[ $before == "$after" ]] && echo "  (equal)" || echo "  (DIFFERENT)"
+if [[ $v == "$v0" || $failed != 0 || $before != "$after" || $before == null ]]; then
+  echo "projector demo: the rebuild did not switch to an equal document within 12 s with every read answered" >&2
+  exit 1
+fi

@@ -21,8 +21,13 @@
  * 3 the off field ?after= waits for ("" for none), 4 its offset, then per mode: doc: 5 key;
  * agg: 5 aggregate, 6 group; idx: 5 index, 6 value, 7 ZRANGEBYLEX start, 8 limit.
  * Returns {0} while no version is live, {version, off as HGETALL, 0} while ?after= is not yet
- * met (and for pos), else {version, off, 1, payload...}. The other keys it names share the
- * {P} hash tag, so they live in KEYS[1]'s slot. */
+ * met (and for pos), else {version, off, 1, payload...}.
+ * Only `current` is passed in KEYS: every other key's name holds the live version, which is
+ * what the script reads from KEYS[1] (the caller cannot know it without a second round trip,
+ * and a version it guessed could be switched and dropped before the script ran), and an index
+ * read's doc keys come from the zset's members. Building them inside is safe: they all start
+ * with bt:proj:{P}: (proj_layout.h), so the {P} hash tag puts them in KEYS[1]'s slot, on the
+ * node Redis Cluster routes the script to, and the script only reads them. */
 static const char READ_LUA[] =
     "local v = redis.call('GET', KEYS[1])\n"
     "if not v then return {0} end\n"

@@ -12,9 +12,11 @@
  * Crashes: before the Postgres switch, the version is still `building` and the next start
  * resumes it from its own offsets; after it, the next start runs n+1 as the live version and
  * its first Redis write sets `current` (a live writer raises `current` to its version), so a
- * half switch is repaired and never reverses. A version a crash left retired, before or
- * during its drop, is dropped again one grace period after the next start (its versions row
- * goes with the drop, so a retired row means "not dropped yet"). */
+ * half switch is repaired and never reverses. The versions a crash left retired, before or
+ * during their drop, are dropped one grace period after the next start, one after the other
+ * (a versions row goes with its drop, so a retired row means "not dropped yet"; crashes in
+ * several grace periods leave several). When a rebuild resumes at that start too, they are
+ * dropped after its own drop. */
 #include "proj_rebuild.h"
 
 #include <stdio.h>
@@ -28,7 +30,6 @@
 #include "proj_runner.h"
 #include "proj_schema.h"
 #include "projector.h"
-#include "redis_script.h"
 
 typedef enum { RB_IDLE, RB_PREPARING, RB_BUILDING, RB_SWITCHING, RB_GRACE, RB_DROPPING } rb_state_t;
 
@@ -47,15 +48,12 @@ struct proj_rebuild {
   char err[512];
   uv_timer_t timer;
   bt_http_req_t *req;          /* the POST waiting for its version to exist */
-  bt_redis_script_t *drop;
   char pattern[300];           /* bt:proj:{P}:v{from}:* while dropping */
+  char cursor[64];             /* the SCAN cursor after the page being unlinked */
+  int *leftover;               /* retired versions a crash left, still to drop after `from` */
+  size_t nleftover;
 };
 
-/* Deletes one SCAN page of a version's keys; returns the next cursor ("0": done). */
-static const char drop_src[] =
-    "local r = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', 1000)\n"
-    "for _, k in ipairs(r[2]) do redis.call('UNLINK', k) end\n"
-    "return r[1]\n";
 
 static const proj_def_t *def_of(proj_rebuild_t *b) { return &b->p->defs.defs[b->idx]; }
 
@@ -229,35 +227,78 @@ static void drop_work(uv_work_t *w) {
                                         sizeof b->err);
 }
 
+static void drop_next(proj_rebuild_t *b);
+
+/* One version is dropped (or given up on): the next leftover follows at once, it had its
+ * grace period already. */
 static void dropped(proj_rebuild_t *b) {
+  if (b->nleftover > 0) {
+    b->from = b->leftover[--b->nleftover];
+    drop_next(b);
+    return;
+  }
   rb_set(b, RB_IDLE);
 }
 
-static void on_drop_reply(bt_redis_t *r, int err, const redisReply *reply, void *arg) {
+static void drop_failed(proj_rebuild_t *b) {
+  bt_log_warn("rebuild: dropping the old version's Redis keys failed; they stay", "{s:s, s:i}",
+              "projection", def_of(b)->name, "version", b->from);
+  dropped(b);
+}
+
+/* The page's keys are gone: the next page, or done at cursor "0". */
+static void on_unlink(bt_redis_t *r, int err, const redisReply *reply, void *arg) {
   (void)r;
   proj_rebuild_t *b = arg;
-  if (err || !reply || reply->type != REDIS_REPLY_STRING) {
-    bt_log_warn("rebuild: dropping the old version's Redis keys failed; they stay", "{s:s, s:i}",
-                "projection", def_of(b)->name, "version", b->from);
-    dropped(b);
+  if (err || !reply || reply->type == REDIS_REPLY_ERROR) {
+    drop_failed(b);
     return;
   }
-  if (strcmp(reply->str, "0") == 0) {
+  if (strcmp(b->cursor, "0") == 0)
     dropped(b);
+  else
+    drop_step(b, b->cursor);
+}
+
+/* One SCAN page of the version's keys: UNLINK them (named as arguments, so a cluster routes
+ * the command to their slot; no script builds key names), then go on from the cursor. */
+static void on_scan(bt_redis_t *r, int err, const redisReply *reply, void *arg) {
+  (void)r;
+  proj_rebuild_t *b = arg;
+  if (err || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+      reply->element[0]->type != REDIS_REPLY_STRING ||
+      reply->element[1]->type != REDIS_REPLY_ARRAY) {
+    drop_failed(b);
     return;
   }
-  char cursor[64];
-  snprintf(cursor, sizeof cursor, "%s", reply->str);
-  drop_step(b, cursor);
+  snprintf(b->cursor, sizeof b->cursor, "%s", reply->element[0]->str);
+  const redisReply *keys = reply->element[1];
+  if (keys->elements == 0) {
+    on_unlink(r, 0, reply, b);
+    return;
+  }
+  const char **argv = malloc((keys->elements + 1) * sizeof *argv);
+  size_t *lens = malloc((keys->elements + 1) * sizeof *lens);
+  int rc = argv && lens ? 0 : BT_ENOMEM;
+  if (!rc) {
+    argv[0] = "UNLINK";
+    lens[0] = 6;
+    for (size_t i = 0; i < keys->elements; i++) {
+      argv[i + 1] = keys->element[i]->str;
+      lens[i + 1] = keys->element[i]->len;
+    }
+    rc = bt_redis_command_argv(b->p->redis, on_unlink, b, (int)keys->elements + 1, argv, lens);
+  }
+  free(argv);
+  free(lens);
+  if (rc)
+    drop_failed(b);
 }
 
 static void drop_step(proj_rebuild_t *b, const char *cursor) {
-  const char *argv[] = {cursor, b->pattern};
-  if (bt_redis_script_run(b->drop, b->p->redis, on_drop_reply, b, 0, 2, argv, NULL) != 0) {
-    bt_log_warn("rebuild: dropping the old version's Redis keys failed; they stay", "{s:s, s:i}",
-                "projection", def_of(b)->name, "version", b->from);
-    dropped(b);
-  }
+  if (bt_redis_command(b->p->redis, on_scan, b, "SCAN %s MATCH %s COUNT 1000", cursor,
+                       b->pattern) != 0)
+    drop_failed(b);
 }
 
 static void drop_done(uv_work_t *w, int status) {
@@ -274,8 +315,9 @@ static void drop_done(uv_work_t *w, int status) {
   drop_step(b, "0");
 }
 
-static void on_grace(uv_timer_t *t) {
-  proj_rebuild_t *b = t->data;
+static void on_grace(uv_timer_t *t) { drop_next(t->data); }
+
+static void drop_next(proj_rebuild_t *b) {
   rb_set(b, RB_DROPPING);
   b->work.data = b;
   if (uv_queue_work(b->p->app.loop, &b->work, drop_work, drop_done) != 0) {
@@ -292,22 +334,25 @@ static void on_close(bt_app_t *app, void *arg) {
   uv_close((uv_handle_t *)&b->timer, NULL);
 }
 
-int proj_rebuild_start(projector_t *p, const int *building, const int *retired) {
+int proj_rebuild_start(projector_t *p, const int *building, proj_retired_t *retired) {
   p->rebuilds = calloc(p->defs.ndefs, sizeof *p->rebuilds);
   if (!p->rebuilds)
     return BT_ENOMEM;
   for (size_t i = 0; i < p->defs.ndefs; i++) {
     proj_rebuild_t *b = calloc(1, sizeof *b);
-    if (!b || bt_redis_script_new(&b->drop, drop_src, sizeof drop_src - 1) != 0) {
-      free(b);
+    if (!b)
       return BT_ENOMEM;
-    }
     b->p = p;
     b->idx = i;
     uv_timer_init(p->app.loop, &b->timer);
     b->timer.data = b;
     bt_app_on_shutdown(&p->app, NULL, on_close, b);
     p->rebuilds[i] = b;
+    /* The slot owns the list from here; it pops from the end, so the newest goes first. */
+    b->leftover = retired[i].v;
+    b->nleftover = retired[i].n;
+    retired[i].v = NULL;
+    retired[i].n = 0;
     if (building[i] > 0) {
       /* A rebuild a crash interrupted: it resumes from its own offsets. */
       b->from = p->versions[i];
@@ -317,13 +362,13 @@ int proj_rebuild_start(projector_t *p, const int *building, const int *retired) 
       int rc = start_runner(b);
       if (rc)
         return rc;
-    } else if (retired[i] > 0) {
-      /* A crash during a rebuild's grace period left the old version's tables and keys:
-       * readers have moved on since, but they get the grace period again before the drop. */
-      b->from = retired[i];
-      bt_log_info("dropping a retired version after the grace period", "{s:s, s:i, s:I}",
-                  "projection", p->defs.defs[i].name, "version", b->from, "grace_ms",
-                  (json_int_t)p->cfg.rebuild_grace_ms);
+    } else if (b->nleftover > 0) {
+      /* Crashes during rebuilds' grace periods left old versions' tables and keys: readers
+       * have moved on since, but they get the grace period again before the drops. */
+      b->from = b->leftover[--b->nleftover];
+      bt_log_info("dropping retired versions after the grace period", "{s:s, s:i, s:i, s:I}",
+                  "projection", p->defs.defs[i].name, "version", b->from, "more",
+                  (int)b->nleftover, "grace_ms", (json_int_t)p->cfg.rebuild_grace_ms);
       rb_set(b, RB_GRACE);
       uv_timer_start(&b->timer, on_grace, (uint64_t)p->cfg.rebuild_grace_ms, 0);
     }
@@ -339,7 +384,7 @@ void proj_rebuild_free(projector_t *p) {
       continue;
     proj_runner_free(b->runner);
     proj_runner_free(b->retired);
-    bt_redis_script_free(b->drop);
+    free(b->leftover);
     free(b);
   }
   free(p->rebuilds);

@@ -200,8 +200,23 @@ static int create_tables(PGconn *c, const proj_def_t *d, int v, char *errstr, si
   return exec(c, "create aggregate table", sql, 0, NULL, NULL, errstr, errsz);
 }
 
-static int prepare_one(PGconn *c, const proj_def_t *d, int *version, int *building, int *retired,
-                       char *errstr, size_t errsz) {
+/* Parses "3,5,7" (the retired versions, oldest first) into r. Returns 0 or BT_ENOMEM. */
+static int parse_retired(const char *list, proj_retired_t *r) {
+  size_t n = *list ? 1 : 0;
+  for (const char *s = list; *s; s++)
+    n += *s == ',';
+  r->n = 0;
+  r->v = n ? calloc(n, sizeof *r->v) : NULL;
+  if (n && !r->v)
+    return BT_ENOMEM;
+  char *end;
+  for (const char *s = list; *s && r->n < n; s = *end ? end + 1 : end)
+    r->v[r->n++] = (int)strtol(s, &end, 10);
+  return 0;
+}
+
+static int prepare_one(PGconn *c, const proj_def_t *d, int *version, int *building,
+                       proj_retired_t *retired, char *errstr, size_t errsz) {
   const char *p[] = {d->name};
   PGresult *r = NULL;
   int rc = exec(c, "claim version 1",
@@ -222,17 +237,22 @@ static int prepare_one(PGconn *c, const proj_def_t *d, int *version, int *buildi
   PQclear(r);
   /* A rebuild interrupted by a crash resumes: its version keeps its tables and offsets. A
    * dropped version loses its row (proj_schema_drop_version), so a retired row is one whose
-   * drop a crash prevented. */
+   * drop a crash prevented; each crash during a grace period can leave one more. */
   rc = exec(c, "read building and retired",
             "SELECT coalesce(max(version) FILTER (WHERE state = 'building'), 0), "
-            "coalesce(max(version) FILTER (WHERE state = 'retired'), 0) "
+            "coalesce(string_agg(version::text, ',' ORDER BY version) "
+            "FILTER (WHERE state = 'retired'), '') "
             "FROM projector.versions WHERE projection = $1",
             1, p, &r, errstr, errsz);
   if (rc)
     return rc;
   *building = atoi(PQgetvalue(r, 0, 0));
-  *retired = atoi(PQgetvalue(r, 0, 1));
+  rc = parse_retired(PQgetvalue(r, 0, 1), retired);
   PQclear(r);
+  if (rc) {
+    snprintf(errstr, errsz, "out of memory");
+    return rc;
+  }
   if ((d->sinks & PROJ_SINK_POSTGRES))
     rc = create_tables(c, d, *version, errstr, errsz);
   if (!rc && *building && (d->sinks & PROJ_SINK_POSTGRES))
@@ -268,8 +288,16 @@ static int commit_close(PGconn *c, int rc, char *errstr, size_t errsz) {
   return rc;
 }
 
+void proj_schema_retired_free(proj_retired_t *retired, size_t n) {
+  for (size_t i = 0; retired && i < n; i++) {
+    free(retired[i].v);
+    retired[i].v = NULL;
+    retired[i].n = 0;
+  }
+}
+
 int proj_schema_prepare(const char *dsn, const proj_def_set_t *defs, int *versions, int *building,
-                        int *retired, char *errstr, size_t errsz) {
+                        proj_retired_t *retired, char *errstr, size_t errsz) {
   PGconn *c = begin_locked(dsn, errstr, errsz);
   if (!c)
     return BT_EIO;

@@ -16,15 +16,25 @@
 int proj_schema_migrate(const char *dsn, char *errstr, size_t errsz) BT_MUSTCHECK;
 int proj_schema_version(void);
 
+/* The retired versions of one projection that a crash left undropped, oldest first
+ * (malloc'd; v is NULL when n is 0). */
+typedef struct proj_retired {
+  int *v;
+  size_t n;
+} proj_retired_t;
+
 /* For every definition: makes sure it has a live version (version 1, state live, in
  * projector.current, when it has none) and, when it writes to Postgres, that version's
  * tables exist with a column per indexed, ordered and aggregated field. versions[i] receives
  * the live version of defs->defs[i], building[i] the version a rebuild is building (0: none)
- * and retired[i] the newest retired version not yet dropped (0: none; a crash during a
- * rebuild's grace period leaves one). One transaction under the migration lock, so replicas
- * starting together agree. Returns 0 or BT_EIO with errstr. */
+ * and retired[i] every retired version not yet dropped (a crash during a rebuild's grace
+ * period or its drop leaves one; several crashes, several), to be freed with
+ * proj_schema_retired_free. One transaction under the migration lock, so replicas starting
+ * together agree. Returns 0 or BT_EIO (BT_ENOMEM) with errstr. */
 int proj_schema_prepare(const char *dsn, const proj_def_set_t *defs, int *versions, int *building,
-                        int *retired, char *errstr, size_t errsz) BT_MUSTCHECK;
+                        proj_retired_t *retired, char *errstr, size_t errsz) BT_MUSTCHECK;
+/* Frees the lists of retired[0..n). */
+void proj_schema_retired_free(proj_retired_t *retired, size_t n);
 
 /* Rebuilds (blocking: run off the loop). begin_rebuild adds version max+1 in state building
  * with its tables (BT_ECONFLICT when one is building already; *version says which); switch

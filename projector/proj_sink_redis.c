@@ -1,6 +1,6 @@
 /* The Redis sink: a projection version's documents, index zsets, aggregate hashes and offsets
  * under bt:proj:{P}:v{n}: (proj_layout.h). A batch is ONE Lua script (EVALSHA through
- * redis_script), so Redis applies all of it or none: it first checks that every partition's
+ * redis_script, every key it touches passed in KEYS), so Redis applies all of it or none: it first checks that every partition's
  * stored offset is the one the batch was computed after and that every key's document is
  * still the one the effects were computed from, then writes the documents, index members,
  * aggregate increments, the offsets and the meta hash. A failed check changes nothing and
@@ -17,15 +17,20 @@
 #include "projector.h"
 #include "redis_script.h"
 
-/* ARGV: 1 version prefix, 2 the `current` key, 3 version, 4 newest event time (ms, -1 none),
- * 5 state to record (live|building), 6 created_at (RFC 3339, kept from the first write),
- * then: nmoves, (field, from, to)*; nold, (key, present 0|1, doc)*; neffects, effects:
- * P key doc | D key | R index:value member | A index:value member | G aggregate group delta. */
+/* Every key the script touches comes in KEYS (Redis requires it: a cluster routes the script
+ * by its keys, and scripts that compute key names are outside the documented contract); all
+ * are under bt:proj:{P}:, one hash tag, so one slot. The script walks KEYS with a cursor in
+ * step with ARGV, one key per old document and one per effect (a key may repeat).
+ * KEYS: 1 the off hash, 2 the meta hash, 3 `current`, then the doc key of each old entry,
+ * then the key of each effect (doc, index zset or aggregate hash).
+ * ARGV: 1 version, 2 newest event time (ms, -1 none), 3 state to record (live|building),
+ * 4 created_at (RFC 3339, kept from the first write), then: nmoves, (field, from, to)*;
+ * nold, (present 0|1, doc)*; neffects, effects: P doc | D | R member | A member |
+ * G group delta. */
 static const char script_src[] =
-    "local pre, cur_key, version, etime = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])\n"
-    "local state, created = ARGV[5], ARGV[6]\n"
-    "local off = pre .. 'off'\n"
-    "local i = 7\n"
+    "local off, meta, cur_key = KEYS[1], KEYS[2], KEYS[3]\n"
+    "local version, etime, state, created = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]\n"
+    "local i, k = 5, 4\n"
     "local nm = tonumber(ARGV[i]); i = i + 1\n"
     "local moves = i\n"
     "for m = 1, nm do\n"
@@ -35,35 +40,34 @@ static const char script_src[] =
     "end\n"
     "local no = tonumber(ARGV[i]); i = i + 1\n"
     "for o = 1, no do\n"
-    "  local v = redis.call('GET', pre .. 'doc:' .. ARGV[i])\n"
-    "  if ARGV[i + 1] == '1' then\n"
-    "    if v ~= ARGV[i + 2] then return {'conflict', ARGV[i]} end\n"
-    "  elseif v then return {'conflict', ARGV[i]} end\n"
-    "  i = i + 3\n"
+    "  local v = redis.call('GET', KEYS[k])\n"
+    "  if ARGV[i] == '1' then\n"
+    "    if v ~= ARGV[i + 1] then return {'conflict', KEYS[k]} end\n"
+    "  elseif v then return {'conflict', KEYS[k]} end\n"
+    "  i = i + 2; k = k + 1\n"
     "end\n"
     "local ne = tonumber(ARGV[i]); i = i + 1\n"
     "for e = 1, ne do\n"
-    "  local op = ARGV[i]\n"
-    "  if op == 'P' then redis.call('SET', pre .. 'doc:' .. ARGV[i + 1], ARGV[i + 2]); i = i + 3\n"
-    "  elseif op == 'D' then redis.call('DEL', pre .. 'doc:' .. ARGV[i + 1]); i = i + 2\n"
-    "  elseif op == 'R' then redis.call('ZREM', pre .. 'idx:' .. ARGV[i + 1], ARGV[i + 2]); i = i + 3\n"
-    "  elseif op == 'A' then redis.call('ZADD', pre .. 'idx:' .. ARGV[i + 1], 0, ARGV[i + 2]); i = i + 3\n"
+    "  local op, key = ARGV[i], KEYS[k]\n"
+    "  if op == 'P' then redis.call('SET', key, ARGV[i + 1]); i = i + 2\n"
+    "  elseif op == 'D' then redis.call('DEL', key); i = i + 1\n"
+    "  elseif op == 'R' then redis.call('ZREM', key, ARGV[i + 1]); i = i + 2\n"
+    "  elseif op == 'A' then redis.call('ZADD', key, 0, ARGV[i + 1]); i = i + 2\n"
     "  elseif op == 'G' then\n"
-    "    local k = pre .. 'agg:' .. ARGV[i + 1]\n"
-    "    if redis.call('HINCRBY', k, ARGV[i + 2], ARGV[i + 3]) == 0 then\n"
-    "      redis.call('HDEL', k, ARGV[i + 2])\n"
+    "    if redis.call('HINCRBY', key, ARGV[i + 1], ARGV[i + 2]) == 0 then\n"
+    "      redis.call('HDEL', key, ARGV[i + 1])\n"
     "    end\n"
-    "    i = i + 4\n"
+    "    i = i + 3\n"
     "  else return redis.error_reply('projector: bad effect ' .. tostring(op)) end\n"
+    "  k = k + 1\n"
     "end\n"
     "for m = 1, nm do\n"
     "  redis.call('HSET', off, ARGV[moves], ARGV[moves + 2]); moves = moves + 3\n"
     "end\n"
-    "local meta = pre .. 'meta'\n"
     "redis.call('HSETNX', meta, 'created_at', created)\n"
     "redis.call('HSET', meta, 'state', state)\n"
     "if etime >= 0 and etime > tonumber(redis.call('HGET', meta, 'event_time_ms') or '-1') then\n"
-    "  redis.call('HSET', meta, 'event_time_ms', ARGV[4])\n"
+    "  redis.call('HSET', meta, 'event_time_ms', ARGV[2])\n"
     "end\n"
     "if state == 'live' and tonumber(redis.call('GET', cur_key) or '0') < tonumber(version) then\n"
     "  redis.call('SET', cur_key, version)\n"
@@ -260,15 +264,30 @@ static int arg_member(args_t *a, json_t *order, const char *key) {
   return rc;
 }
 
-static int build_args(sink_redis_t *s, const proj_sink_batch_t *b, args_t *a) {
+/* Adds the key prefix + kind + name (+ ":" + value when value is not NULL). */
+static int key_add(args_t *k, const char *prefix, const char *kind, const char *name,
+                   const char *value) {
+  bt_buf_t key;
+  bt_buf_init(&key, 0);
+  int rc = bt_buf_appendf(&key, "%s%s%s%s%s", prefix, kind, name, value ? ":" : "",
+                          value ? value : "");
+  if (!rc)
+    rc = arg_add(k, key.data, key.len);
+  bt_buf_free(&key);
+  return rc;
+}
+
+/* The script's keys into k and its other arguments into a (see script_src). */
+static int build_args(sink_redis_t *s, const proj_sink_batch_t *b, args_t *k, args_t *a) {
   const proj_def_t *d = s->base.def;
   char ts[40];
   time_t now = time(NULL);
   struct tm tm;
   gmtime_r(&now, &tm);
   strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  int rc = arg_str(a, s->prefix);
-  if (!rc) rc = arg_str(a, s->current);
+  int rc = key_add(k, s->prefix, "off", "", NULL);
+  if (!rc) rc = key_add(k, s->prefix, "meta", "", NULL);
+  if (!rc) rc = arg_str(k, s->current);
   if (!rc) rc = arg_int(a, s->base.version);
   if (!rc) rc = arg_int(a, b->event_time_ms);
   if (!rc) rc = arg_str(a, s->base.building ? "building" : "live");
@@ -284,9 +303,9 @@ static int build_args(sink_redis_t *s, const proj_sink_batch_t *b, args_t *a) {
   size_t nkeys = json_array_size(b->keys);
   if (!rc) rc = arg_int(a, (int64_t)nkeys);
   for (size_t i = 0; !rc && i < nkeys; i++) {
-    const char *k = json_string_value(json_array_get(b->keys, i));
-    json_t *old = json_object_get(s->raw, k);
-    rc = arg_str(a, k);
+    const char *key = json_string_value(json_array_get(b->keys, i));
+    json_t *old = json_object_get(s->raw, key);
+    rc = key_add(k, s->prefix, "doc:", key, NULL);
     if (!rc) rc = arg_str(a, old ? "1" : "0");
     if (!rc) rc = old ? arg_add(a, json_string_value(old), json_string_length(old)) : arg_str(a, "");
   }
@@ -294,27 +313,25 @@ static int build_args(sink_redis_t *s, const proj_sink_batch_t *b, args_t *a) {
   if (!rc) rc = arg_int(a, (int64_t)e->n);
   for (size_t i = 0; !rc && i < e->n; i++) {
     const proj_effect_t *x = &e->v[i];
-    char name[600];
     switch (x->kind) {
     case PROJ_EFFECT_DOC_PUT:
-      rc = arg_str(a, "P");
-      if (!rc) rc = arg_str(a, x->key);
+      rc = key_add(k, s->prefix, "doc:", x->key, NULL);
+      if (!rc) rc = arg_str(a, "P");
       if (!rc) rc = arg_json(a, x->doc);
       break;
     case PROJ_EFFECT_DOC_DELETE:
-      rc = arg_str(a, "D");
-      if (!rc) rc = arg_str(a, x->key);
+      rc = key_add(k, s->prefix, "doc:", x->key, NULL);
+      if (!rc) rc = arg_str(a, "D");
       break;
     case PROJ_EFFECT_INDEX_REMOVE:
     case PROJ_EFFECT_INDEX_ADD:
-      snprintf(name, sizeof name, "%s:%s", d->indexes[x->index].name, x->value);
-      rc = arg_str(a, x->kind == PROJ_EFFECT_INDEX_ADD ? "A" : "R");
-      if (!rc) rc = arg_str(a, name);
+      rc = key_add(k, s->prefix, "idx:", d->indexes[x->index].name, x->value);
+      if (!rc) rc = arg_str(a, x->kind == PROJ_EFFECT_INDEX_ADD ? "A" : "R");
       if (!rc) rc = arg_member(a, d->indexes[x->index].order ? x->order : NULL, x->key);
       break;
     case PROJ_EFFECT_AGG_DELTA:
-      rc = arg_str(a, "G");
-      if (!rc) rc = arg_str(a, d->aggregates[x->aggregate].name);
+      rc = key_add(k, s->prefix, "agg:", d->aggregates[x->aggregate].name, NULL);
+      if (!rc) rc = arg_str(a, "G");
       if (!rc) rc = arg_str(a, x->group);
       if (!rc) rc = arg_int(a, x->delta);
       break;
@@ -349,26 +366,41 @@ static void on_write(bt_redis_t *r, int err, const redisReply *reply, void *arg)
   free(o);
 }
 
+static void args_free(args_t *a) {
+  free(a->offs);
+  free(a->lens);
+  bt_buf_free(&a->bytes);
+}
+
 static int write_batch(proj_sink_t *base, const proj_sink_batch_t *b, proj_sink_cb cb, void *arg) {
   sink_redis_t *s = (sink_redis_t *)base;
-  args_t a = {0};
+  args_t k = {0}, a = {0};
+  bt_buf_init(&k.bytes, (size_t)1 << 30);
   bt_buf_init(&a.bytes, (size_t)1 << 30);
   proj_sink_op_t *o = proj_sink_op_new(&s->base, cb, NULL, arg);
-  int rc = o ? build_args(s, b, &a) : BT_ENOMEM;
-  const char **argv = rc ? NULL : malloc((a.n ? a.n : 1) * sizeof *argv);
-  if (!rc && !argv)
+  int rc = o ? build_args(s, b, &k, &a) : BT_ENOMEM;
+  size_t n = k.n + a.n;
+  const char **argv = rc ? NULL : malloc(n * sizeof *argv);
+  size_t *lens = rc ? NULL : malloc(n * sizeof *lens);
+  if (!rc && (!argv || !lens))
     rc = BT_ENOMEM;
   if (!rc) {
-    for (size_t i = 0; i < a.n; i++)
-      argv[i] = a.bytes.data + a.offs[i];
-    rc = bt_redis_script_run(s->script, base->p->redis, on_write, o, 0, (int)a.n, argv, a.lens);
+    /* The keys first, then the other arguments, as EVALSHA takes them. */
+    for (size_t i = 0; i < n; i++) {
+      const args_t *from = i < k.n ? &k : &a;
+      size_t j = i < k.n ? i : i - k.n;
+      argv[i] = from->bytes.data + from->offs[j];
+      lens[i] = from->lens[j];
+    }
+    rc = bt_redis_script_run(s->script, base->p->redis, on_write, o, (int)k.n, (int)n, argv,
+                             lens);
     if (rc)
       note_error(s, rc, NULL, "batch script");
   }
   free(argv);
-  free(a.offs);
-  free(a.lens);
-  bt_buf_free(&a.bytes);
+  free(lens);
+  args_free(&k);
+  args_free(&a);
   if (rc) {
     free(o);
     base->loaded = false;

@@ -95,7 +95,7 @@ int projector_start(projector_t *p) {
   p->versions = calloc(p->defs.ndefs, sizeof *p->versions);
   p->runners = calloc(p->defs.ndefs, sizeof *p->runners);
   int *building = calloc(p->defs.ndefs, sizeof *building);
-  int *retired = calloc(p->defs.ndefs, sizeof *retired);
+  proj_retired_t *retired = calloc(p->defs.ndefs, sizeof *retired);
   if (!p->versions || !p->runners || !building || !retired) {
     free(building);
     free(retired);
@@ -105,6 +105,7 @@ int projector_start(projector_t *p) {
                           sizeof err) != 0) {
     bt_log_error("cannot prepare the projections' tables", "{s:s}", "error", err);
     free(building);
+    proj_schema_retired_free(retired, p->defs.ndefs);
     free(retired);
     return BT_EIO;
   }
@@ -124,6 +125,7 @@ int projector_start(projector_t *p) {
   if (!rc)
     rc = proj_rebuild_start(p, building, retired);
   free(building);
+  proj_schema_retired_free(retired, p->defs.ndefs);
   free(retired);
   return rc;
 }
