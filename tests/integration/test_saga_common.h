@@ -431,7 +431,7 @@ static inline void st_ledger_words(PGconn *pg, const char *id, bool all, char *o
 
 /* ---- a workload with an independent oracle --------------------------------------------- */
 
-/* n sagas, each planned here: 75% succeed, 20% are refused at a random step, 5% have a first
+/* n sagas, each planned here: 75% succeed, 20% are refused at a step, 5% have a first
  * step that never answers (type checkout-silent, whose definition st_workload_init writes). */
 typedef struct st_workload {
   st_stack_t *st;
@@ -459,13 +459,22 @@ static inline void st_workload_init(st_workload_t *w, st_stack_t *st, int n) {
   w->ids = calloc((size_t)n, sizeof *w->ids);
   assert_non_null(w->plan);
   assert_non_null(w->ids);
-  srand((unsigned)getpid());
-  w->completed = 0;
-  for (int i = 0; i < n; i++) {
-    int r = rand() % 100;
-    w->plan[i] = r < 20 ? r % 3 : r < 25 ? 3 : -1;
-    w->completed += w->plan[i] < 0;
+  /* Exactly n/5 refused (spread over the three steps) and n/20 silent, shuffled with a seed
+   * printed for a rerun (BATON_TEST_SEED), so the counts the oracle expects are the issue's
+   * proportions and not a sample of them. */
+  const char *seed_env = getenv("BATON_TEST_SEED");
+  unsigned seed = seed_env ? (unsigned)strtoul(seed_env, NULL, 10) : (unsigned)getpid();
+  fprintf(stderr, "workload: %d sagas, seed %u (BATON_TEST_SEED)\n", n, seed);
+  srand(seed);
+  int refused = n / 5, silent = n / 20;
+  for (int i = 0; i < n; i++)
+    w->plan[i] = i < refused ? i % 3 : i < refused + silent ? 3 : -1;
+  for (int i = n - 1; i > 0; i--) {
+    int j = rand() % (i + 1), t = w->plan[i];
+    w->plan[i] = w->plan[j];
+    w->plan[j] = t;
   }
+  w->completed = n - refused - silent;
 }
 
 static inline void st_workload_free(st_workload_t *w) {
