@@ -255,8 +255,6 @@ static inline void st_stack_write_def(st_stack_t *st, const char *name, const ch
   fclose(f);
 }
 
-/* Creates the database, the topics (3 partitions each) and the `checkout` definition (see
- * st_stack_write_def). */
 /* The database, the topics (3 partitions each) and an empty definitions directory. */
 static inline void st_stack_init_bare(st_stack_t *st, const char *prefix) {
   snprintf(st->prefix, sizeof st->prefix, "%s", prefix);
@@ -281,6 +279,7 @@ static inline void st_stack_write_text(st_stack_t *st, const char *file, const c
   fclose(f);
 }
 
+/* Creates the database, the topics and the `checkout` definition (see st_stack_write_def). */
 static inline void st_stack_init(st_stack_t *st, const char *prefix, const char *timeout,
                                  int attempts) {
   st_stack_init_bare(st, prefix);

@@ -8,9 +8,10 @@
  *
  * Scale: the issue's 2,000 sagas. The kills keep their 0.5 s beat whatever the start rate:
  * each round kills, restarts and then starts sagas until its 0.5 s are up, so a slow machine
- * gets more kills, not fewer; there are at least ST_MIN_KILLS. Under ASan (about 3x slower
- * here) the count is ST_SAGAS_ASAN so that the sanitizer lane stays within the CI budget; the
- * kills and the oracle are the same.
+ * gets more kills, not fewer; there are at least ST_MIN_KILLS. Under ASan the count is 500
+ * (2,000 did not end within the 300 s test timeout on this loaded 2-core machine; 500 took
+ * 57 s) so that the sanitizer lane stays within the CI budget; the kills and the oracle are
+ * the same.
  *
  * Oracle: the participants' ledgers, read by SQL, against what each saga's input says must
  * happen, computed here and not by the engine: every saga ends (the test waits for it with a
