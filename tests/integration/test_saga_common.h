@@ -370,8 +370,10 @@ static inline int st_saga_start_as(const st_proc_t *pr, const char *type, const 
            key ? "Idempotency-Key: " : "", key ? key : "", key ? "\r\n" : "");
   bt_test_http_resp_t r;
   id[0] = '\0';
-  if (bt_test_http("POST", url, headers, input, strlen(input), &r) != 0)
+  if (bt_test_http("POST", url, headers, input, strlen(input), &r) != 0) {
+    bt_test_http_free(&r); /* a failed request still holds empty strings */
     return 0;
+  }
   int status = r.status;
   json_t *j = status == 201 || status == 200 ? json_loads(r.body, 0, NULL) : NULL;
   const char *s = json_string_value(json_object_get(j, "id"));
