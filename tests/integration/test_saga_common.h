@@ -1,5 +1,6 @@
 /* Helpers shared by the saga end-to-end tests (test_participant.c, test_saga_*.c): a private
- * database, the example participants as child processes, commands produced with plain
+ * database, the example participants as child processes (or, for the engine's own tests, an
+ * in-test participant, at the end), commands produced with plain
  * librdkafka (the wire format written out by hand, independent of saga_wire.c) and replies read
  * back with the Kafka oracle. The database of the test's own and the SQL oracle come from
  * test_store_util.h. Static functions in a header because each test file is its own
@@ -10,6 +11,7 @@
 #include <jansson.h>
 #include <libpq-fe.h>
 #include <librdkafka/rdkafka.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -80,17 +82,25 @@ static inline void st_proc_kill(st_proc_t *pr) {
 
 /* ---- commands on Kafka ---------------------------------------------------------------- */
 
-static inline rd_kafka_t *st_producer(void) {
+/* A producer on the stack's Kafka with `props` ("name", "value" pairs, NULL-terminated). */
+static inline rd_kafka_t *st_producer_with(const char *const *props) {
   char err[256];
   rd_kafka_conf_t *conf = rd_kafka_conf_new();
   if (rd_kafka_conf_set(conf, "bootstrap.servers", bt_test_env("BATON_KAFKA_BROKERS"), err,
                         sizeof err) != RD_KAFKA_CONF_OK)
     fail_msg("%s", err);
-  rd_kafka_conf_set(conf, "enable.idempotence", "true", err, sizeof err);
+  for (size_t i = 0; props && props[i] && props[i + 1]; i += 2)
+    if (rd_kafka_conf_set(conf, props[i], props[i + 1], err, sizeof err) != RD_KAFKA_CONF_OK)
+      fail_msg("%s", err);
   rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
   if (!rk)
     fail_msg("rd_kafka_new: %s", err);
   return rk;
+}
+
+static inline rd_kafka_t *st_producer(void) {
+  const char *const props[] = {"enable.idempotence", "true", NULL};
+  return st_producer_with(props);
 }
 
 /* One command in CloudEvents binary mode, as issue 8 §2 writes it, with the given id (NULL:
@@ -245,10 +255,8 @@ static inline void st_stack_write_def(st_stack_t *st, const char *name, const ch
   fclose(f);
 }
 
-/* Creates the database, the topics (3 partitions each) and the `checkout` definition (see
- * st_stack_write_def). */
-static inline void st_stack_init(st_stack_t *st, const char *prefix, const char *timeout,
-                                 int attempts) {
+/* The database, the topics (3 partitions each) and an empty definitions directory. */
+static inline void st_stack_init_bare(st_stack_t *st, const char *prefix) {
   snprintf(st->prefix, sizeof st->prefix, "%s", prefix);
   store_db_create(&st->db, prefix);
   st->pg = PQconnectdb(st->db.dsn);
@@ -259,13 +267,30 @@ static inline void st_stack_init(st_stack_t *st, const char *prefix, const char 
   st_topic(st->t_reply, sizeof st->t_reply, prefix, "replies", 3);
   snprintf(st->defs_dir, sizeof st->defs_dir, "/tmp/%s_%d", prefix, (int)getpid());
   mkdir(st->defs_dir, 0700);
+}
+
+/* Writes the definition `file` (a name in the definitions directory) with `text`. */
+static inline void st_stack_write_text(st_stack_t *st, const char *file, const char *text) {
+  char path[300];
+  snprintf(path, sizeof path, "%s/%s", st->defs_dir, file);
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  fputs(text, f);
+  fclose(f);
+}
+
+/* Creates the database, the topics and the `checkout` definition (see st_stack_write_def). */
+static inline void st_stack_init(st_stack_t *st, const char *prefix, const char *timeout,
+                                 int attempts) {
+  st_stack_init_bare(st, prefix);
   st_stack_write_def(st, "checkout", timeout, attempts, 5);
 }
 
 /* Starts engine replica i (0 or 1) with `more` settings (may be NULL) and waits for it to be
  * ready unless wait is false. */
-static inline void st_stack_start_saga_with(st_stack_t *st, int i, bool wait,
-                                            const char *const *more) {
+/* Starts an engine process pr of the stack (log tag "<prefix>-saga<i>") with `more`. */
+static inline void st_stack_start_engine(st_stack_t *st, st_proc_t *pr, int i, bool wait,
+                                         const char *const *more) {
   char defs[300], group[128], tag[96];
   snprintf(defs, sizeof defs, "BATON_SAGA_DEFINITIONS=%s", st->defs_dir);
   snprintf(group, sizeof group, "BATON_SAGA_CONSUMER_GROUP=%s-%d-saga", st->prefix,
@@ -276,7 +301,12 @@ static inline void st_stack_start_saga_with(st_stack_t *st, int i, bool wait,
   for (size_t k = 0; more && more[k] && n < 15; k++)
     extra[n++] = more[k];
   extra[n] = NULL;
-  st_proc_start(&st->saga[i], "baton-saga", tag, st->db.dsn, extra, wait);
+  st_proc_start(pr, "baton-saga", tag, st->db.dsn, extra, wait);
+}
+
+static inline void st_stack_start_saga_with(st_stack_t *st, int i, bool wait,
+                                            const char *const *more) {
+  st_stack_start_engine(st, &st->saga[i], i, wait, more);
 }
 
 static inline void st_stack_start_saga(st_stack_t *st, int i, bool wait) {
@@ -340,8 +370,10 @@ static inline int st_saga_start_as(const st_proc_t *pr, const char *type, const 
            key ? "Idempotency-Key: " : "", key ? key : "", key ? "\r\n" : "");
   bt_test_http_resp_t r;
   id[0] = '\0';
-  if (bt_test_http("POST", url, headers, input, strlen(input), &r) != 0)
+  if (bt_test_http("POST", url, headers, input, strlen(input), &r) != 0) {
+    bt_test_http_free(&r); /* a failed request still holds empty strings */
     return 0;
+  }
   int status = r.status;
   json_t *j = status == 201 || status == 200 ? json_loads(r.body, 0, NULL) : NULL;
   const char *s = json_string_value(json_object_get(j, "id"));
@@ -431,7 +463,7 @@ static inline void st_ledger_words(PGconn *pg, const char *id, bool all, char *o
 
 /* ---- a workload with an independent oracle --------------------------------------------- */
 
-/* n sagas, each planned here: 75% succeed, 20% are refused at a random step, 5% have a first
+/* n sagas, each planned here: 75% succeed, 20% are refused at a step, 5% have a first
  * step that never answers (type checkout-silent, whose definition st_workload_init writes). */
 typedef struct st_workload {
   st_stack_t *st;
@@ -459,13 +491,22 @@ static inline void st_workload_init(st_workload_t *w, st_stack_t *st, int n) {
   w->ids = calloc((size_t)n, sizeof *w->ids);
   assert_non_null(w->plan);
   assert_non_null(w->ids);
-  srand((unsigned)getpid());
-  w->completed = 0;
-  for (int i = 0; i < n; i++) {
-    int r = rand() % 100;
-    w->plan[i] = r < 20 ? r % 3 : r < 25 ? 3 : -1;
-    w->completed += w->plan[i] < 0;
+  /* Exactly n/5 refused (spread over the three steps) and n/20 silent, shuffled with a seed
+   * printed for a rerun (BATON_TEST_SEED), so the counts the oracle expects are the issue's
+   * proportions and not a sample of them. */
+  const char *seed_env = getenv("BATON_TEST_SEED");
+  unsigned seed = seed_env ? (unsigned)strtoul(seed_env, NULL, 10) : (unsigned)getpid();
+  fprintf(stderr, "workload: %d sagas, seed %u (BATON_TEST_SEED)\n", n, seed);
+  srand(seed);
+  int refused = n / 5, silent = n / 20;
+  for (int i = 0; i < n; i++)
+    w->plan[i] = i < refused ? i % 3 : i < refused + silent ? 3 : -1;
+  for (int i = n - 1; i > 0; i--) {
+    int j = rand() % (i + 1), t = w->plan[i];
+    w->plan[i] = w->plan[j];
+    w->plan[j] = t;
   }
+  w->completed = n - refused - silent;
 }
 
 static inline void st_workload_free(st_workload_t *w) {
@@ -579,6 +620,309 @@ static inline void st_workload_check(const st_workload_t *w, int deadline_ms,
                                  "(SELECT id::text FROM saga.sagas)",
                                  0, NULL),
                    0);
+}
+
+/* ---- one engine and an in-test participant (test_saga_engine.c, test_saga_replicas.c) ---
+ * These tests drive baton-saga against a participant written here: it reads the command
+ * topics back with the Kafka oracle and answers on the reply topic in CloudEvents binary
+ * mode, as the saga input tells it ("refuse", "silent", "undo_fail", "dup"). Their own
+ * definitions (no retries unless stated, 30 s timeouts) replace the stack's checkout. */
+
+#define ST_ENGINE_MAX_SEEN 256
+
+typedef struct st_engine {
+  st_stack_t st;        /* saga[0] is the engine under test */
+  rd_kafka_t *producer; /* the participant's replies */
+  bool undo_heal;       /* compensations named by "undo_fail" succeed from now on */
+  char *seen[ST_ENGINE_MAX_SEEN]; /* command ids answered already */
+  size_t nseen;
+} st_engine_t;
+
+/* The test's one engine harness (a function's static: the header defines no variable that a
+ * test not using it would leave unused). */
+static inline st_engine_t *st_eng(void) {
+  static st_engine_t e;
+  return &e;
+}
+
+static const char st_engine_checkout[] =
+    "saga: checkout\nversion: 1\nreply_topic: %s\nsteps:\n"
+    "  - { name: reserve-inventory, topic: %s, command: ReserveInventory,"
+    " compensation: ReleaseInventory, timeout: 30s,"
+    " compensation_retry: { max_attempts: 2, backoff: fixed, initial: 100ms } }\n"
+    "  - { name: authorize-payment, topic: %s, command: AuthorizePayment,"
+    " compensation: VoidPayment, timeout: 30s }\n"
+    "  - { name: create-shipment, topic: %s, command: CreateShipment, timeout: 30s }\n";
+
+/* Payment answers nothing when the input says so: 2 attempts of 1 s, then compensation. */
+static const char st_engine_timeouts[] =
+    "saga: timeouts\nversion: 1\nreply_topic: %s\nsteps:\n"
+    "  - { name: reserve-inventory, topic: %s, command: ReserveInventory,"
+    " compensation: ReleaseInventory, timeout: 30s }\n"
+    "  - name: authorize-payment\n    topic: %s\n    command: AuthorizePayment\n"
+    "    compensation: VoidPayment\n    timeout: 1s\n"
+    "    retry: { max_attempts: 2, backoff: fixed, initial: 200ms }\n"
+    "  - { name: create-shipment, topic: %s, command: CreateShipment, timeout: 30s }\n";
+
+/* Starts one more engine process on `port` of the harness's stack, not waiting for it, with
+ * up to two more settings (NULL ends them); returns its pid. */
+static inline pid_t st_engine_spawn(int port, const char *extra1, const char *extra2) {
+  st_proc_t pr;
+  memset(&pr, 0, sizeof pr);
+  pr.port = port;
+  const char *more[] = {"BATON_SAGA_STATS_INTERVAL=200ms", extra1, extra2, NULL};
+  st_stack_start_engine(&st_eng()->st, &pr, 0, false, more);
+  return pr.pid;
+}
+
+/* cmocka group setup: the stack named `prefix`, the two definitions, the engine (ready) and
+ * the participant's producer. */
+static inline int st_engine_setup(const char *prefix) {
+  st_engine_t *e = st_eng();
+  bt_test_env_load();
+  st_stack_init_bare(&e->st, prefix);
+  char text[2048];
+  st_stack_t *st = &e->st;
+  snprintf(text, sizeof text, st_engine_checkout, st->t_reply, st->t_inv, st->t_pay, st->t_ship);
+  st_stack_write_text(st, "checkout.yaml", text);
+  snprintf(text, sizeof text, st_engine_timeouts, st->t_reply, st->t_inv, st->t_pay, st->t_ship);
+  st_stack_write_text(st, "timeouts.yaml", text);
+  const char *more[] = {"BATON_SAGA_STATS_INTERVAL=200ms", NULL};
+  st_stack_start_saga_with(st, 0, true, more);
+  const char *const props[] = {"linger.ms", "0", NULL};
+  e->producer = st_producer_with(props);
+  return 0;
+}
+
+static inline int st_engine_teardown(void **state) {
+  st_engine_t *e = st_eng();
+  if (e->producer)
+    rd_kafka_destroy(e->producer);
+  e->producer = NULL;
+  if (e->st.saga[0].pid > 0)
+    bt_test_stop(e->st.saga[0].pid, SIGTERM, 15000);
+  e->st.saga[0].pid = 0;
+  st_stack_stop(&e->st);
+  for (size_t i = 0; i < e->nseen; i++)
+    free(e->seen[i]);
+  e->nseen = 0;
+  return 0;
+}
+
+/* The first value of query q (one text parameter, or none when arg is NULL). */
+static inline long long st_sql_int(const char *q, const char *arg) {
+  const char *v[] = {arg};
+  st_pg_check(st_eng()->st.pg);
+  return store_sql_int(st_eng()->st.pg, q, arg ? 1 : 0, v);
+}
+
+/* A metric of the process answering at base (an http://host:port URL). */
+static inline double st_metric_at(const char *base, const char *name) {
+  st_proc_t pr;
+  memset(&pr, 0, sizeof pr);
+  snprintf(pr.url, sizeof pr.url, "%.63s", base);
+  return store_metric(&pr, name);
+}
+
+/* The engine under test's URL and one of its metrics. */
+static inline const char *st_engine_url(void) { return st_eng()->st.saga[0].url; }
+
+static inline double st_engine_metric(const char *name) {
+  return store_metric(&st_eng()->st.saga[0], name);
+}
+
+/* ---- the engine's HTTP API ---- */
+
+static inline json_t *st_http_json(const char *method, const char *path, const char *body,
+                                   int want) {
+  char url[320];
+  snprintf(url, sizeof url, "%.63s%.200s", st_eng()->st.saga[0].url, path);
+  bt_test_http_resp_t r;
+  assert_int_equal(bt_test_http(method, url, body ? "Content-Type: application/json\r\n" : NULL,
+                                body, body ? strlen(body) : 0, &r),
+                   0);
+  if (r.status != want)
+    fail_msg("%s %s: %d %s (want %d)", method, path, r.status, r.body, want);
+  json_t *j = json_loads(r.body, 0, NULL);
+  bt_test_http_free(&r);
+  assert_non_null(j);
+  return j;
+}
+
+/* Starts a saga of `type` (expects 201); its id into id. */
+static inline void st_start_saga_of(const char *type, const char *input, char id[40]) {
+  char path[96];
+  snprintf(path, sizeof path, "/v1/sagas/%s", type);
+  json_t *j = st_http_json("POST", path, input, 201);
+  snprintf(id, 40, "%s", json_string_value(json_object_get(j, "id")));
+  json_decref(j);
+}
+
+static inline void st_start_saga(const char *input, char id[40]) {
+  st_start_saga_of("checkout", input, id);
+}
+
+static inline json_t *st_get_saga(const char *id) {
+  char path[96];
+  snprintf(path, sizeof path, "/v1/sagas/%.40s", id);
+  return st_http_json("GET", path, NULL, 200);
+}
+
+static inline bool st_saga_state_is(const char *id, const char *state) {
+  json_t *j = st_get_saga(id);
+  bool yes = strcmp(json_string_value(json_object_get(j, "state")), state) == 0;
+  json_decref(j);
+  return yes;
+}
+
+/* The saga's history from the API as "what:step" words joined by spaces. */
+static inline void st_history_words(const char *id, char *out, size_t n) {
+  json_t *j = st_get_saga(id);
+  json_t *h = json_object_get(j, "history"), *e;
+  size_t i, len = 0;
+  out[0] = '\0';
+  json_array_foreach(h, i, e) {
+    const char *step = json_string_value(json_object_get(e, "step"));
+    len += (size_t)snprintf(out + len, n - len, "%s%s:%s", len ? " " : "",
+                            json_string_value(json_object_get(e, "what")), step ? step : "-");
+    if (len >= n)
+      break;
+  }
+  json_decref(j);
+}
+
+/* How many times `word` occurs as a whole word in the space-separated hay. */
+static inline int st_count_word(const char *hay, const char *word) {
+  int n = 0;
+  size_t wl = strlen(word);
+  for (const char *p = hay; (p = strstr(p, word)); p += wl)
+    if ((p == hay || p[-1] == ' ') && (p[wl] == ' ' || p[wl] == '\0'))
+      n++;
+  return n;
+}
+
+/* ---- the in-test participant ---- */
+
+/* Produces a binary-mode reply for (saga, step, attempt, kind) with outcome and data. */
+static inline void st_reply_nf(const char *saga, const char *step, const char *attempt,
+                               const char *kind, const char *outcome, const char *data,
+                               bool flush) {
+  char id[200];
+  snprintf(id, sizeof id, "%s/%s/%s/%s/reply", saga, step, attempt, kind);
+  rd_kafka_t *rk = st_eng()->producer;
+  rd_kafka_resp_err_t err = rd_kafka_producev(
+      rk, RD_KAFKA_V_TOPIC(st_eng()->st.t_reply), RD_KAFKA_V_KEY(saga, strlen(saga)),
+      RD_KAFKA_V_VALUE((void *)data, strlen(data)), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+      RD_KAFKA_V_HEADER("ce_specversion", "1.0", 3), RD_KAFKA_V_HEADER("ce_id", id, -1),
+      RD_KAFKA_V_HEADER("ce_source", "/it/participant", -1),
+      RD_KAFKA_V_HEADER("ce_type", "SagaReply", -1), RD_KAFKA_V_HEADER("ce_sagaid", saga, -1),
+      RD_KAFKA_V_HEADER("ce_sagastep", step, -1), RD_KAFKA_V_HEADER("ce_sagaattempt", attempt, -1),
+      RD_KAFKA_V_HEADER("ce_sagakind", kind, -1), RD_KAFKA_V_HEADER("ce_outcome", outcome, -1),
+      RD_KAFKA_V_HEADER("content-type", "application/json", -1), RD_KAFKA_V_END);
+  assert_int_equal(err, RD_KAFKA_RESP_ERR_NO_ERROR);
+  if (flush)
+    assert_int_equal(rd_kafka_flush(rk, 10000), RD_KAFKA_RESP_ERR_NO_ERROR);
+}
+
+static inline void st_reply(const char *saga, const char *step, const char *attempt,
+                            const char *kind, const char *outcome, const char *data) {
+  st_reply_nf(saga, step, attempt, kind, outcome, data, true);
+}
+
+static inline bool st_seen_before(const char *ce_id) {
+  st_engine_t *e = st_eng();
+  for (size_t i = 0; i < e->nseen; i++)
+    if (strcmp(e->seen[i], ce_id) == 0)
+      return true;
+  assert_true(e->nseen < ST_ENGINE_MAX_SEEN);
+  e->seen[e->nseen++] = strdup(ce_id);
+  return false;
+}
+
+/* Answers every command not answered yet: `failure` for commands of the step named in the
+ * saga input's "refuse", success (with a result naming the command) otherwise; a saga whose
+ * input has "dup": true gets every reply twice. */
+static inline void st_participate_once(void) {
+  const st_stack_t *st = &st_eng()->st;
+  const char *topics[] = {st->t_inv, st->t_pay, st->t_ship};
+  for (int t = 0; t < 3; t++) {
+    bt_test_kmsg_t *msgs;
+    long n = bt_test_kafka_read_all(bt_test_env("BATON_KAFKA_BROKERS"), topics[t], 20000, &msgs);
+    assert_true(n >= 0);
+    for (long i = 0; i < n; i++) {
+      const bt_test_kmsg_t *m = &msgs[i];
+      const char *ce_id = bt_test_kmsg_header(m, "ce_id");
+      assert_non_null(ce_id);
+      if (st_seen_before(ce_id))
+        continue;
+      const char *saga = bt_test_kmsg_header(m, "ce_sagaid");
+      const char *step = bt_test_kmsg_header(m, "ce_sagastep");
+      const char *attempt = bt_test_kmsg_header(m, "ce_sagaattempt");
+      const char *kind = bt_test_kmsg_header(m, "ce_sagakind");
+      json_t *v = json_loads(m->value, 0, NULL);
+      assert_non_null(v);
+      json_t *input = json_object_get(v, "input");
+      const char *refuse = json_string_value(json_object_get(input, "refuse"));
+      const char *silent = json_string_value(json_object_get(input, "silent"));
+      if (strcmp(kind, "command") == 0 && silent && strcmp(silent, step) == 0) {
+        json_decref(v);
+        continue;
+      }
+      bool dup = json_is_true(json_object_get(input, "dup"));
+      const char *undo_fail = json_string_value(json_object_get(input, "undo_fail"));
+      bool fail = (strcmp(kind, "command") == 0 && refuse && strcmp(refuse, step) == 0) ||
+                  (strcmp(kind, "compensation") == 0 && !st_eng()->undo_heal && undo_fail &&
+                   strcmp(undo_fail, step) == 0);
+      char data[256];
+      snprintf(data, sizeof data, "{\"done\":\"%s\",\"kind\":\"%s\"}",
+               bt_test_kmsg_header(m, "ce_type"), kind);
+      for (int k = 0; k < (dup ? 2 : 1); k++)
+        st_reply(saga, step, attempt, kind, fail ? "failure" : "success",
+                 fail ? "{\"error\":\"refused\"}" : data);
+      json_decref(v);
+    }
+    bt_test_kmsgs_free(msgs, n);
+  }
+}
+
+/* Runs the participant until every saga in ids reaches its expected state. */
+static inline void st_participate_until(const char *const *ids, const char *const *states,
+                                        size_t n) {
+  uint64_t deadline = bt_test_now_ms() + 45000;
+  for (;;) {
+    st_participate_once();
+    size_t done = 0;
+    for (size_t i = 0; i < n; i++)
+      done += st_saga_state_is(ids[i], states[i]);
+    if (done == n)
+      return;
+    if (bt_test_now_ms() > deadline)
+      fail_msg("sagas did not reach their states within 45 s");
+    usleep(100 * 1000);
+  }
+}
+
+/* The records of a topic for one saga (its key), as "ce_type" words in Kafka order. */
+static inline int st_commands_for(const char *topic, const char *saga, char *out, size_t n) {
+  bt_test_kmsg_t *msgs;
+  long k = bt_test_kafka_read_all(bt_test_env("BATON_KAFKA_BROKERS"), topic, 20000, &msgs);
+  assert_true(k >= 0);
+  int count = 0;
+  size_t len = 0;
+  out[0] = '\0';
+  for (long i = 0; i < k; i++)
+    if (msgs[i].key && strcmp(msgs[i].key, saga) == 0) {
+      len += (size_t)snprintf(out + len, n - len, "%s%s", len ? " " : "",
+                              bt_test_kmsg_header(&msgs[i], "ce_type"));
+      count++;
+    }
+  bt_test_kmsgs_free(msgs, k);
+  return count;
+}
+
+/* The engine under test drains and exits 0 on SIGTERM (under ASan: no leak, no error). */
+static inline void st_engine_test_clean_exit(void **state) {
+  st_proc_stop(&st_eng()->st.saga[0]);
 }
 
 #endif
