@@ -136,7 +136,7 @@ run_ours() {
   local dl
   dl=$(awk '$1 ~ /^baton_projector_dead_letters_total/ { s += $2 } END { printf "%d", s }' <<<"$out")
   local peak batches cpu pauses fetched
-  # Fetch pauses: the projector's held queue stayed full for 1 s (its sinks fell behind by
+  # Fetch pauses: the projector's held queue stayed full with nothing applied for 1 s (or 30 s in all; sinks behind by
   # BATON_PROJECTOR_MAX_IN_FLIGHT); each drops what librdkafka prefetched, fetched again at
   # resume. fetched: messages librdkafka received (its statistics, up to 1 s old), refetches
   # included, over both topics' assigned partitions.

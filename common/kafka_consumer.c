@@ -9,7 +9,7 @@
  * (at most 60 s, far below the 300 s default), so an idle, paused or over-budget consumer is
  * still polled. Nothing here may therefore stop serving the queue for long: back-pressure
  * first stops polling for messages, which leaves librdkafka's prefetch where it is (bounded
- * by queued.min.messages, derived from the budget), and if that lasts BACKSTOP_MS pauses
+ * by queued.min.messages, derived from the budget), and if that stalls (BACKSTOP_*) pauses
  * fetching (librdkafka's pause) and polls again.
  *
  * What still blocks: nothing on the loop after start-up. Assign, pause, resume and seek run
@@ -25,10 +25,13 @@
 #include "kafka_ctl.h"
 #include "log.h"
 
-/* How long the held queue may stay full with librdkafka's queue unpolled before fetching
- * pauses and polling goes on: far below max.poll.interval.ms, and long enough that a sink
- * that is only slow, not stuck, never costs a refetch. */
-#define BACKSTOP_MS 1000
+/* While the held queue is full and librdkafka's queue unpolled, fetching pauses and polling
+ * goes on once nothing was delivered for BACKSTOP_IDLE_MS (the service is stuck, not slow),
+ * or after BACKSTOP_MAX_MS in all: far below max.poll.interval.ms, so a slow sink that keeps
+ * the held queue full for good still lets rebalances through. A slow sink that makes progress
+ * costs no refetch. */
+#define BACKSTOP_IDLE_MS 1000
+#define BACKSTOP_MAX_MS 30000
 
 typedef enum {
   CONSUMER_RUNNING,  /* delivering messages */
@@ -76,7 +79,7 @@ struct bt_kafka_consumer {
   bool paused;         /* the service asked */
   bool over_budget;    /* too many unreleased messages: delivery waits */
   bool held_full;      /* the held queue reached held_high: polling for messages waits */
-  bool backstop_fired; /* held_full for BACKSTOP_MS: fetching pauses, polling goes on */
+  bool backstop_fired; /* backlogged past BACKSTOP_*: fetching pauses, polling goes on */
   bool wake_pending;   /* a serve pass is already asked for */
   bool fetch_stopped;  /* a pause is queued or in force for every assigned partition */
   /* Held: messages polled while delivery waits (budget, service pause), in poll order, kept
@@ -85,6 +88,7 @@ struct bt_kafka_consumer {
   rd_kafka_message_t **held;
   unsigned held_head, held_n, held_max, held_high;
   uv_timer_t backstop;
+  uint64_t backlog_since, delivered_at; /* uv_now() at held_full and at the last delivery */
   rd_kafka_topic_partition_list_t *assigned; /* our view; offset = unused */
   rd_kafka_topic_partition_list_t *rewind;   /* first undelivered offset while stopped */
   rd_kafka_topic_partition_list_t *seeking;  /* resumed with a seek to offset, not yet seen */
@@ -254,7 +258,7 @@ static void on_backstop(uv_timer_t *t);
  * state. The budget and the service's pause only stop delivery: what arrives meanwhile is
  * held, not dropped. At held_high, polling for messages stops, so librdkafka's prefetch stays
  * in its queue (it stops fetching at queued.min.messages) instead of being dropped; nothing
- * is fetched twice. Only if that lasts BACKSTOP_MS does fetching pause, so the queue is
+ * is fetched twice. Only if that stalls (BACKSTOP_*) does fetching pause, so the queue is
  * polled again for rebalances and the poll interval; librdkafka's pause drops its prefetch
  * and fetches again from the position after the last message we polled (the last held one),
  * and a resume seeks a partition back only when a message of it was dropped (the held queue
@@ -267,8 +271,9 @@ static void update_fetch(bt_kafka_consumer_t *c) {
   }
   if (c->held_n >= c->held_high && !c->held_full) {
     c->held_full = true;
+    c->backlog_since = uv_now(c->c.app->loop);
     if (c->state == CONSUMER_RUNNING)
-      uv_timer_start(&c->backstop, on_backstop, BACKSTOP_MS, 0);
+      uv_timer_start(&c->backstop, on_backstop, BACKSTOP_IDLE_MS / 4, BACKSTOP_IDLE_MS / 4);
   } else if (c->held_full && c->held_n <= c->held_high / 2) {
     c->held_full = c->backstop_fired = false;
     if (c->state == CONSUMER_RUNNING)
@@ -300,6 +305,10 @@ static void update_fetch(bt_kafka_consumer_t *c) {
 
 static void on_backstop(uv_timer_t *t) {
   bt_kafka_consumer_t *c = t->data;
+  uint64_t now = uv_now(c->c.app->loop);
+  if (now - c->delivered_at < BACKSTOP_IDLE_MS && now - c->backlog_since < BACKSTOP_MAX_MS)
+    return;
+  uv_timer_stop(t);
   c->backstop_fired = true;
   bt_counter_inc(&c->stats.budget_pauses);
   update_fetch(c);
@@ -479,6 +488,7 @@ static msg_t *msg_wrap(bt_kafka_consumer_t *c, rd_kafka_message_t *rkm) {
  * settles at once, every record malformed): the message is freed here, after the callback,
  * never under it (ASan saw the use after free in baton-saga). */
 static void deliver(bt_kafka_consumer_t *c, size_t n) {
+  c->delivered_at = uv_now(c->c.app->loop);
   bt_gauge_set(&c->stats.unreleased, c->unreleased);
   bt_counter_add(&c->stats.delivered, n);
   for (size_t i = 0; i < n; i++)
