@@ -26,7 +26,8 @@
 #include "log.h"
 
 /* While the held queue is full and librdkafka's queue unpolled, fetching pauses and polling
- * goes on once nothing was delivered for BACKSTOP_IDLE_MS (the service is stuck, not slow),
+ * goes on once nothing was delivered or released for BACKSTOP_IDLE_MS (the service is stuck,
+ * not slow; a slow sink releases a batch at a time while delivery waits for half the budget),
  * or after BACKSTOP_MAX_MS in all: far below max.poll.interval.ms, so a slow sink that keeps
  * the held queue full for good still lets rebalances through. A slow sink that makes progress
  * costs no refetch. */
@@ -88,7 +89,8 @@ struct bt_kafka_consumer {
   rd_kafka_message_t **held;
   unsigned held_head, held_n, held_max, held_high;
   uv_timer_t backstop;
-  uint64_t backlog_since, delivered_at; /* uv_now() at held_full and at the last delivery */
+  uint64_t backlog_since, progress_at; /* uv_now() at held_full and at the last delivery or
+                                          release */
   rd_kafka_topic_partition_list_t *assigned; /* our view; offset = unused */
   rd_kafka_topic_partition_list_t *rewind;   /* first undelivered offset while stopped */
   rd_kafka_topic_partition_list_t *seeking;  /* resumed with a seek to offset, not yet seen */
@@ -306,7 +308,7 @@ static void update_fetch(bt_kafka_consumer_t *c) {
 static void on_backstop(uv_timer_t *t) {
   bt_kafka_consumer_t *c = t->data;
   uint64_t now = uv_now(c->c.app->loop);
-  if (now - c->delivered_at < BACKSTOP_IDLE_MS && now - c->backlog_since < BACKSTOP_MAX_MS)
+  if (now - c->progress_at < BACKSTOP_IDLE_MS && now - c->backlog_since < BACKSTOP_MAX_MS)
     return;
   uv_timer_stop(t);
   c->backstop_fired = true;
@@ -488,7 +490,7 @@ static msg_t *msg_wrap(bt_kafka_consumer_t *c, rd_kafka_message_t *rkm) {
  * settles at once, every record malformed): the message is freed here, after the callback,
  * never under it (ASan saw the use after free in baton-saga). */
 static void deliver(bt_kafka_consumer_t *c, size_t n) {
-  c->delivered_at = uv_now(c->c.app->loop);
+  c->progress_at = uv_now(c->c.app->loop);
   bt_gauge_set(&c->stats.unreleased, c->unreleased);
   bt_counter_add(&c->stats.delivered, n);
   for (size_t i = 0; i < n; i++)
@@ -873,6 +875,7 @@ void bt_kafka_consumer_release(bt_kafka_consumer_t *c, const bt_kafka_message_t 
   if (m->next)
     m->next->prev = m->prev;
   m->kept = false;
+  c->progress_at = uv_now(c->c.app->loop);
   if (!m->delivering)
     msg_free(c, m);
   if (c->state != CONSUMER_CLOSING)
