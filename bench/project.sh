@@ -135,9 +135,12 @@ run_ours() {
   t_last=$now
   local dl
   dl=$(awk '$1 ~ /^baton_projector_dead_letters_total/ { s += $2 } END { printf "%d", s }' <<<"$out")
-  local peak batches cpu pauses
-  # Fetch pauses at BATON_PROJECTOR_MAX_IN_FLIGHT: each drops what librdkafka prefetched and
-  # seeks back at resume.
+  local peak batches cpu pauses fetched
+  # Fetch pauses: the projector's held queue stayed full with nothing applied for 1 s (or 30 s in all; sinks behind by
+  # BATON_PROJECTOR_MAX_IN_FLIGHT); each drops what librdkafka prefetched, fetched again at
+  # resume. fetched: messages librdkafka received (its statistics, up to 1 s old), refetches
+  # included, over both topics' assigned partitions.
+  fetched=$(awk '$1 ~ /^baton_kafka_consumer_fetched_messages/ { s += $2 } END { printf "%d", s }' <<<"$out")
   pauses=$(awk '$1 ~ /^baton_kafka_consumer_budget_pauses_total/ { s += $2 } END { printf "%d", s }' <<<"$out")
   peak=$(hwm_kb "$pid")
   # CPU seconds the projector used in all (user + system), start-up included: far below the
@@ -158,12 +161,12 @@ run_ours() {
   nsinks=$(tr -cd , <<<"$sinks" | wc -c)
   nsinks=$((nsinks + 1))
   jq -cn --argjson n "$n" --argjson nf "$n_first" --argjson nsinks "$nsinks" --argjson t0 "$t_first" --argjson t1 "$t_last" \
-    --argjson dl "$dl" --argjson peak "$peak" --arg sinks "$sinks" --argjson batches "$batches" --argjson cpu "$cpu" --argjson pauses "$pauses" '
+    --argjson dl "$dl" --argjson peak "$peak" --arg sinks "$sinks" --argjson batches "$batches" --argjson cpu "$cpu" --argjson pauses "$pauses" --argjson fetched "$fetched" '
     (($t1 - $t0) / 1e9) as $s |
     {sinks: $sinks, events: $n, seconds: ($s * 1000 | floor / 1000),
      events_per_s: (if $s > 0 then (($n - $nf) / $s | floor) else null end),
      batches: $batches, mean_batch: (if $batches > 0 then ($n * $nsinks / $batches | floor) else null end),
-     cpu_seconds: $cpu, fetch_pauses: $pauses, dead_letters: $dl, peak_rss_kb: $peak}'
+     cpu_seconds: $cpu, fetch_pauses: $pauses, fetched: $fetched, dead_letters: $dl, peak_rss_kb: $peak}'
 }
 
 # check_sinks NAME REDIS PG: the documents each sink holds at the end, counted directly.

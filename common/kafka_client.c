@@ -7,6 +7,7 @@
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -90,6 +91,17 @@ static json_t *stats_brokers(const char *json, size_t len) {
   return NULL;
 }
 
+/* The top-level "rxmsgs" is written after "brokers" and "topics" (whose partitions carry
+ * their own), so it is the last occurrence in the report. */
+static int64_t stats_rxmsgs(const char *json, size_t len) {
+  static const char key[] = "\"rxmsgs\":";
+  const char *end = json + len, *last = NULL;
+  for (const char *p = json; (p = memmem(p, (size_t)(end - p), key, sizeof key - 1));
+       p += sizeof key - 1)
+    last = p + sizeof key - 1;
+  return last ? strtoll(last, NULL, 10) : -1;
+}
+
 static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque) {
   BT_UNUSED(rk);
   bt_kafka_client_t *c = opaque;
@@ -106,6 +118,7 @@ static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque) {
     set_up(c, any_up, "statistics");
   }
   json_decref(brokers);
+  c->rx_messages = stats_rxmsgs(json, len);
   if (c->on_stats)
     c->on_stats(c);
   return 0; /* librdkafka frees json */
@@ -142,6 +155,7 @@ int bt_kafka_client_create(bt_kafka_client_t *c, bt_app_t *app, const char *kind
   c->name = name ? name : type == RD_KAFKA_PRODUCER ? "kafka_producer" : "kafka_consumer";
   c->rkq = NULL;
   c->up = c->stats_seen = c->fatal = false;
+  c->rx_messages = -1;
   char why[200];
   c->rk = rd_kafka_new(type, conf, why, sizeof why);
   if (!c->rk) {

@@ -29,6 +29,9 @@ typedef struct bt_kafka_client {
   /* Optional, set by the owner: runs on the loop after each statistics report (the consumer
    * refreshes its lag gauges there, from cached watermarks). */
   void (*on_stats)(struct bt_kafka_client *c);
+  /* Messages received from brokers (librdkafka's statistics, top-level rxmsgs), refetches
+   * included; -1 before the first report. */
+  int64_t rx_messages;
 } bt_kafka_client_t;
 
 /* Creates a configuration with the settings every client shares: bootstrap brokers,

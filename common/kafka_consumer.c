@@ -7,8 +7,10 @@
  * rd_kafka_consumer_poll() for max.poll.interval.ms. Our only call site is serve(), run
  * whenever the queue signals; the queue receives a statistics event every stats interval
  * (at most 60 s, far below the 300 s default), so an idle, paused or over-budget consumer is
- * still polled. Nothing here may therefore stop serving the queue while the consumer lives:
- * back-pressure pauses fetching (librdkafka's pause), never the polling.
+ * still polled. Nothing here may therefore stop serving the queue for long: back-pressure
+ * first stops polling for messages, which leaves librdkafka's prefetch where it is (bounded
+ * by queued.min.messages, derived from the budget), and if that stalls (BACKSTOP_*) pauses
+ * fetching (librdkafka's pause) and polls again.
  *
  * What still blocks: nothing on the loop after start-up. Assign, pause, resume and seek run
  * on the kafka_ctl worker; rd_kafka_subscribe() at start-up waits for the group thread once. */
@@ -22,6 +24,15 @@
 #include "kafka_client.h"
 #include "kafka_ctl.h"
 #include "log.h"
+
+/* While the held queue is full and librdkafka's queue unpolled, fetching pauses and polling
+ * goes on once nothing was delivered or released for BACKSTOP_IDLE_MS (the service is stuck,
+ * not slow; a slow sink releases a batch at a time while delivery waits for half the budget),
+ * or after BACKSTOP_MAX_MS in all: far below max.poll.interval.ms, so a slow sink that keeps
+ * the held queue full for good still lets rebalances through. A slow sink that makes progress
+ * costs no refetch. */
+#define BACKSTOP_IDLE_MS 1000
+#define BACKSTOP_MAX_MS 30000
 
 typedef enum {
   CONSUMER_RUNNING,  /* delivering messages */
@@ -67,8 +78,19 @@ struct bt_kafka_consumer {
   bool cooperative; /* from the configured assignor: asking librdkafka would block */
   uint32_t batch_max, max_in_flight, commit_interval_ms;
   bool paused;         /* the service asked */
-  bool over_budget;    /* too many unreleased messages */
+  bool over_budget;    /* too many unreleased messages: delivery waits */
+  bool held_full;      /* the held queue reached held_high: polling for messages waits */
+  bool backstop_fired; /* backlogged past BACKSTOP_*: fetching pauses, polling goes on */
+  bool wake_pending;   /* a serve pass is already asked for */
   bool fetch_stopped;  /* a pause is queued or in force for every assigned partition */
+  /* Held: messages polled while delivery waits (budget, service pause), in poll order, kept
+   * instead of dropped so that a pause costs no refetch. A ring of held_max slots: held_high
+   * stops polling, and a serve pass polls at most batch_max more. */
+  rd_kafka_message_t **held;
+  unsigned held_head, held_n, held_max, held_high;
+  uv_timer_t backstop;
+  uint64_t backlog_since, progress_at; /* uv_now() at held_full and at the last delivery or
+                                          release */
   rd_kafka_topic_partition_list_t *assigned; /* our view; offset = unused */
   rd_kafka_topic_partition_list_t *rewind;   /* first undelivered offset while stopped */
   rd_kafka_topic_partition_list_t *seeking;  /* resumed with a seek to offset, not yet seen */
@@ -76,7 +98,8 @@ struct bt_kafka_consumer {
   uv_timer_t commit_timer;
   bool stored_dirty;   /* offsets stored since the last coalesced commit */
   bool holding;
-  bool queue_closed, timer_closed;
+  bool queue_closed;
+  unsigned timers_closed; /* the commit timer and the backstop */
   msg_t *kept;         /* kept messages, freed at close if the service did not */
   msg_t **batch;       /* batch_max slots */
   commit_req_t *commits; /* awaiting their result; each completes exactly once */
@@ -212,17 +235,56 @@ static bool past_seek(bt_kafka_consumer_t *c, const rd_kafka_message_t *m) {
   return true;
 }
 
-/* Pauses or resumes fetching so that it runs exactly while the service wants messages, the
- * budget has room and the consumer is running. A resume first seeks each partition back to
- * the first message that arrived while stopped and was not delivered. */
+static bool can_deliver(const bt_kafka_consumer_t *c) {
+  return c->state == CONSUMER_RUNNING && !c->paused && !c->over_budget;
+}
+
+/* Whether serve() leaves messages in librdkafka's queue: the held queue is full, and not for
+ * so long that fetching had to pause (then polling goes on; see the top of the file). */
+static bool backlogged(const bt_kafka_consumer_t *c) {
+  return c->held_full && !c->backstop_fired && c->state == CONSUMER_RUNNING;
+}
+
+/* Asks for a serve pass: nothing else would run one for held messages, or for messages left
+ * in librdkafka's queue while backlogged (its wakeup came and went). One per pass. */
+static void wake(bt_kafka_consumer_t *c) {
+  if (c->wake_pending)
+    return;
+  c->wake_pending = true;
+  bt_kafka_queue_wake(&c->c.queue);
+}
+
+static void on_backstop(uv_timer_t *t);
+
+/* Keeps delivery, polling and fetching in step with the budget, the service's pause and the
+ * state. The budget and the service's pause only stop delivery: what arrives meanwhile is
+ * held, not dropped. At held_high, polling for messages stops, so librdkafka's prefetch stays
+ * in its queue (it stops fetching at queued.min.messages) instead of being dropped; nothing
+ * is fetched twice. Only if that stalls (BACKSTOP_*) does fetching pause, so the queue is
+ * polled again for rebalances and the poll interval; librdkafka's pause drops its prefetch
+ * and fetches again from the position after the last message we polled (the last held one),
+ * and a resume seeks a partition back only when a message of it was dropped (the held queue
+ * at held_max, see serve()), to that first dropped message. */
 static void update_fetch(bt_kafka_consumer_t *c) {
-  if (c->unreleased >= c->max_in_flight && !c->over_budget) {
+  if (c->unreleased >= c->max_in_flight) {
     c->over_budget = true;
-    bt_counter_inc(&c->stats.budget_pauses);
   } else if (c->unreleased <= c->max_in_flight / 2) {
     c->over_budget = false;
   }
-  bool stop = c->paused || c->over_budget || c->state != CONSUMER_RUNNING;
+  if (c->held_n >= c->held_high && !c->held_full) {
+    c->held_full = true;
+    c->backlog_since = uv_now(c->c.app->loop);
+    if (c->state == CONSUMER_RUNNING)
+      uv_timer_start(&c->backstop, on_backstop, BACKSTOP_IDLE_MS / 4, BACKSTOP_IDLE_MS / 4);
+  } else if (c->held_full && c->held_n <= c->held_high / 2) {
+    c->held_full = c->backstop_fired = false;
+    if (c->state == CONSUMER_RUNNING)
+      uv_timer_stop(&c->backstop);
+    wake(c); /* librdkafka's queue was left unpolled */
+  }
+  if (c->held_n > 0 && can_deliver(c))
+    wake(c);
+  bool stop = (c->held_full && c->backstop_fired) || c->state != CONSUMER_RUNNING;
   if (stop == c->fetch_stopped)
     return;
   c->fetch_stopped = stop;
@@ -243,11 +305,56 @@ static void update_fetch(bt_kafka_consumer_t *c) {
   c->rewind = rd_kafka_topic_partition_list_new(0);
 }
 
+static void on_backstop(uv_timer_t *t) {
+  bt_kafka_consumer_t *c = t->data;
+  uint64_t now = uv_now(c->c.app->loop);
+  if (now - c->progress_at < BACKSTOP_IDLE_MS && now - c->backlog_since < BACKSTOP_MAX_MS)
+    return;
+  uv_timer_stop(t);
+  c->backstop_fired = true;
+  bt_counter_inc(&c->stats.budget_pauses);
+  update_fetch(c);
+  wake(c);
+}
+
 /* A message that arrived while fetching was stopped: not delivered, fetched again later. */
 static void remember_rewind(bt_kafka_consumer_t *c, const rd_kafka_message_t *m) {
   const char *topic = rd_kafka_topic_name(m->rkt);
   if (!find(c->rewind, topic, m->partition))
     rd_kafka_topic_partition_list_add(c->rewind, topic, m->partition)->offset = m->offset;
+}
+
+/* ---- held messages ---- */
+
+static void held_push(bt_kafka_consumer_t *c, rd_kafka_message_t *m) {
+  c->held[(c->held_head + c->held_n) % c->held_max] = m;
+  c->held_n++;
+  bt_gauge_set(&c->stats.held, c->held_n);
+}
+
+static rd_kafka_message_t *held_pop(bt_kafka_consumer_t *c) {
+  rd_kafka_message_t *m = c->held[c->held_head];
+  c->held_head = (c->held_head + 1) % c->held_max;
+  c->held_n--;
+  bt_gauge_set(&c->stats.held, c->held_n);
+  return m;
+}
+
+/* Drops the held messages of parts (NULL: all), keeping the others in order: a revoked
+ * partition's messages belong to another member now, and a reassigned one starts where the
+ * assign says. */
+static void held_drop(bt_kafka_consumer_t *c, const rd_kafka_topic_partition_list_t *parts) {
+  unsigned n = c->held_n;
+  c->held_n = 0;
+  for (unsigned i = 0; i < n; i++) {
+    rd_kafka_message_t *m = c->held[(c->held_head + i) % c->held_max];
+    if (!parts || rd_kafka_topic_partition_list_find(parts, rd_kafka_topic_name(m->rkt),
+                                                     m->partition))
+      rd_kafka_message_destroy(m);
+    else
+      c->held[(c->held_head + c->held_n++) % c->held_max] = m;
+  }
+  bt_gauge_set(&c->stats.held, c->held_n);
 }
 
 /* ---- assignment ---- */
@@ -287,6 +394,8 @@ static void take(bt_kafka_consumer_t *c, rd_kafka_topic_partition_list_t *parts,
   }
   /* A (re)assigned partition starts where the assign says, not at an older seek. */
   list_remove(c->seeking, parts);
+  list_remove(c->rewind, parts);
+  held_drop(c, op == BT_KAFKA_CTL_ASSIGN ? NULL : parts);
   if (op == BT_KAFKA_CTL_ASSIGN) {
     rd_kafka_topic_partition_list_destroy(c->assigned);
     c->assigned = rd_kafka_topic_partition_list_copy(parts);
@@ -316,6 +425,7 @@ static void give_up(bt_kafka_consumer_t *c, rd_kafka_topic_partition_list_t *par
   list_remove(c->assigned, parts);
   list_remove(c->rewind, parts);
   list_remove(c->seeking, parts);
+  held_drop(c, parts);
   if (c->cooperative)
     ctl_push(c, BT_KAFKA_CTL_INCR_UNASSIGN, parts);
   else
@@ -380,6 +490,7 @@ static msg_t *msg_wrap(bt_kafka_consumer_t *c, rd_kafka_message_t *rkm) {
  * settles at once, every record malformed): the message is freed here, after the callback,
  * never under it (ASan saw the use after free in baton-saga). */
 static void deliver(bt_kafka_consumer_t *c, size_t n) {
+  c->progress_at = uv_now(c->c.app->loop);
   bt_gauge_set(&c->stats.unreleased, c->unreleased);
   bt_counter_add(&c->stats.delivered, n);
   for (size_t i = 0; i < n; i++)
@@ -406,9 +517,16 @@ static void on_queue_closed(bt_kafka_queue_t *q) {
 
 static bool serve(void *arg) {
   bt_kafka_consumer_t *c = arg;
-  size_t n = 0;
+  size_t n = 0, polled = 0;
   bool empty = false;
-  while (n < c->batch_max) {
+  c->wake_pending = false;
+  /* Held messages were polled first, so they go first. */
+  while (n < c->batch_max && c->held_n > 0 && can_deliver(c))
+    if (!(c->batch[n++] = msg_wrap(c, held_pop(c))))
+      bt_fatal("kafka consumer %s: out of memory for a message", c->c.name);
+  /* polled bounds a pass that only holds (nothing deliverable) like one that delivers, so
+   * the held queue passes held_high by less than batch_max before update_fetch sees it. */
+  while (!backlogged(c) && n < c->batch_max && polled++ < c->batch_max) {
     /* consumer_poll also runs the rebalance and commit callbacks, the close's included, and
      * is what keeps max.poll.interval.ms alive (see the top of the file). */
     rd_kafka_message_t *m = rd_kafka_consumer_poll(c->c.rk, 0);
@@ -429,28 +547,39 @@ static bool serve(void *arg) {
       rd_kafka_message_destroy(m);
       continue;
     }
-    if (c->state != CONSUMER_RUNNING || c->fetch_stopped) {
+    /* A message goes straight to the batch only when nothing older waits; after a drop, its
+     * partition drops everything until the resume seeks back to the first dropped one. */
+    if (can_deliver(c) && c->held_n == 0) {
+      if (!(c->batch[n++] = msg_wrap(c, m)))
+        bt_fatal("kafka consumer %s: out of memory for a message", c->c.name);
+    } else if (c->state == CONSUMER_RUNNING && c->held_n < c->held_max &&
+               !find(c->rewind, rd_kafka_topic_name(m->rkt), m->partition)) {
+      held_push(c, m);
+    } else {
       remember_rewind(c, m);
       rd_kafka_message_destroy(m);
-      continue;
     }
-    if (!(c->batch[n++] = msg_wrap(c, m)))
-      bt_fatal("kafka consumer %s: out of memory for a message", c->c.name);
   }
   if (n > 0)
     deliver(c, n);
+  else
+    update_fetch(c); /* the held queue may have filled */
   if (empty && c->state == CONSUMER_CLOSING && !c->queue_closed &&
       !uv_is_closing((uv_handle_t *)&c->c.queue.poll) && rd_kafka_consumer_closed(c->c.rk)) {
     bt_log_info("kafka consumer closed", "{s:s}", "consumer", c->c.name);
     bt_kafka_client_close(&c->c, on_queue_closed);
   }
-  return !empty;
+  /* Held messages that can go now need another pass even when librdkafka's queue is empty;
+   * a backlogged queue waits for wake(). */
+  return (!empty && !backlogged(c)) || (c->held_n > 0 && can_deliver(c));
 }
 
 /* ---- lag, from cached watermarks ---- */
 
 static void refresh_lag(bt_kafka_client_t *kc) {
   bt_kafka_consumer_t *c = (bt_kafka_consumer_t *)kc;
+  if (kc->rx_messages >= 0)
+    bt_gauge_set(&c->stats.fetched, (double)kc->rx_messages);
   if (c->assigned->cnt == 0) {
     bt_gauge_set(&c->stats.lag_messages, 0);
     return;
@@ -504,7 +633,7 @@ static void on_drain(bt_app_t *app, void *arg) {
 
 static void on_timer_closed(uv_handle_t *h) {
   bt_kafka_consumer_t *c = h->data;
-  c->timer_closed = true;
+  c->timers_closed++;
   maybe_free(c);
 }
 
@@ -515,7 +644,7 @@ static void on_ctl_idle(bt_kafka_ctl_t *ctl) {
 /* The handle goes once nothing can touch it: the queue and timer are closed and no control
  * call is running on the worker. */
 static void maybe_free(bt_kafka_consumer_t *c) {
-  if (!c->queue_closed || !c->timer_closed || !bt_kafka_ctl_idle(&c->ctl))
+  if (!c->queue_closed || c->timers_closed < 2 || !bt_kafka_ctl_idle(&c->ctl))
     return;
   /* librdkafka's destroy waits for every message it handed out; the service's kept ones end
    * here, as the header says. */
@@ -524,6 +653,7 @@ static void maybe_free(bt_kafka_consumer_t *c) {
     c->kept = m->next;
     msg_free(c, m);
   }
+  held_drop(c, NULL);
   bt_kafka_client_destroy(&c->c);
   /* Commit results that never arrived were destroyed with the handle. */
   while (c->commits)
@@ -532,6 +662,7 @@ static void maybe_free(bt_kafka_consumer_t *c) {
   rd_kafka_topic_partition_list_destroy(c->rewind);
   rd_kafka_topic_partition_list_destroy(c->seeking);
   bt_fsm_leave(&consumer_fsm, c->state);
+  free(c->held);
   free(c->batch);
   free(c);
 }
@@ -545,6 +676,7 @@ static void on_close(bt_app_t *app, void *arg) {
    * can revoke for the close. */
   c->ctl.on_idle = on_ctl_idle;
   uv_close((uv_handle_t *)&c->commit_timer, on_timer_closed);
+  uv_close((uv_handle_t *)&c->backstop, on_timer_closed);
   /* The close runs on librdkafka's threads and reports on our queue; serve() finishes it. */
   rd_kafka_error_t *error = rd_kafka_consumer_close_queue(c->c.rk, c->c.rkq);
   if (error) {
@@ -559,7 +691,6 @@ static void on_close(bt_app_t *app, void *arg) {
 
 static int configure(bt_kafka_consumer_t *c, rd_kafka_conf_t *conf,
                      const bt_kafka_consumer_config_t *cfg, char *errstr) {
-  BT_UNUSED(c);
   char session[16];
   snprintf(session, sizeof session, "%u",
            cfg->session_timeout_ms ? cfg->session_timeout_ms : 10000);
@@ -576,6 +707,13 @@ static int configure(bt_kafka_consumer_t *c, rd_kafka_conf_t *conf,
        bt_kafka_conf_set(conf, "partition.assignment.strategy", cfg->assignor, errstr) != 0) ||
       (cfg->group_instance_id &&
        bt_kafka_conf_set(conf, "group.instance.id", cfg->group_instance_id, errstr) != 0))
+    return BT_EINVAL;
+  /* librdkafka's prefetch per partition, from the budget (its default is 100000): what it
+   * keeps queued while we are backlogged. A setting in properties wins. */
+  char qmin[16];
+  snprintf(qmin, sizeof qmin, "%u", c->max_in_flight);
+  if ((!cfg->properties || !strstr(cfg->properties, "queued.min.messages")) &&
+      bt_kafka_conf_set(conf, "queued.min.messages", qmin, errstr) != 0)
     return BT_EINVAL;
   rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
   return 0;
@@ -625,13 +763,17 @@ int bt_kafka_consumer_new(bt_kafka_consumer_t **out, bt_app_t *app,
   c->max_in_flight = cfg->max_in_flight ? cfg->max_in_flight : 10000;
   c->commit_interval_ms = cfg->commit_interval_ms ? cfg->commit_interval_ms : 1000;
   c->batch = calloc(c->batch_max, sizeof *c->batch);
+  /* Half the budget held: what the service gets at once when the budget frees up. */
+  c->held_high = c->max_in_flight / 2 ? c->max_in_flight / 2 : 1;
+  c->held_max = c->held_high + c->batch_max;
+  c->held = calloc(c->held_max, sizeof *c->held);
   c->assigned = rd_kafka_topic_partition_list_new(0);
   c->rewind = rd_kafka_topic_partition_list_new(0);
   c->seeking = rd_kafka_topic_partition_list_new(0);
   c->c.on_stats = refresh_lag;
   rd_kafka_conf_t *conf = bt_kafka_client_conf(&c->c, cfg->brokers, cfg->properties,
                                                cfg->stats_interval_ms, errstr);
-  int rc = !c->batch ? BT_ENOMEM : !conf ? BT_EINVAL : configure(c, conf, cfg, errstr);
+  int rc = !c->batch || !c->held ? BT_ENOMEM : !conf ? BT_EINVAL : configure(c, conf, cfg, errstr);
   if (rc == 0)
     rc = bt_kafka_client_create(&c->c, app, "consumer", cfg->name, RD_KAFKA_CONSUMER, conf,
                                 cfg->properties, errstr);
@@ -641,6 +783,7 @@ int bt_kafka_consumer_new(bt_kafka_consumer_t **out, bt_app_t *app,
     rd_kafka_topic_partition_list_destroy(c->assigned);
     rd_kafka_topic_partition_list_destroy(c->rewind);
     rd_kafka_topic_partition_list_destroy(c->seeking);
+    free(c->held);
     free(c->batch);
     free(c);
     return rc;
@@ -665,6 +808,7 @@ int bt_kafka_consumer_new(bt_kafka_consumer_t **out, bt_app_t *app,
     rd_kafka_topic_partition_list_destroy(c->assigned);
     rd_kafka_topic_partition_list_destroy(c->rewind);
     rd_kafka_topic_partition_list_destroy(c->seeking);
+    free(c->held);
     free(c->batch);
     free(c);
     return rc;
@@ -673,6 +817,8 @@ int bt_kafka_consumer_new(bt_kafka_consumer_t **out, bt_app_t *app,
   c->commit_timer.data = c;
   uv_timer_start(&c->commit_timer, on_commit_timer, c->commit_interval_ms,
                  c->commit_interval_ms);
+  uv_timer_init(app->loop, &c->backstop);
+  c->backstop.data = c;
   c->state = CONSUMER_RUNNING;
   bt_fsm_enter(&consumer_fsm, c->state);
   bt_app_add_dependency(app, c->c.name, ready, c);
@@ -729,6 +875,7 @@ void bt_kafka_consumer_release(bt_kafka_consumer_t *c, const bt_kafka_message_t 
   if (m->next)
     m->next->prev = m->prev;
   m->kept = false;
+  c->progress_at = uv_now(c->c.app->loop);
   if (!m->delivering)
     msg_free(c, m);
   if (c->state != CONSUMER_CLOSING)
@@ -800,7 +947,13 @@ void bt_kafka_consumer_register_metrics(bt_kafka_consumer_t *c) {
   bt_metrics_counter(&c->stats.commits, "baton_kafka_consumer_commits_total",
                      "Offset commit requests sent.");
   bt_metrics_counter(&c->stats.budget_pauses, "baton_kafka_consumer_budget_pauses_total",
-                     "Times fetching paused because max_in_flight messages were unreleased.");
+                     "Times fetching paused because the held queue filled while delivery "
+                     "waited (max_in_flight unreleased, or paused by the service).");
+  bt_metrics_gauge(&c->stats.fetched, "baton_kafka_consumer_fetched_messages",
+                   "Messages received from brokers, refetches after a pause included "
+                   "(librdkafka's statistics).");
+  bt_metrics_gauge(&c->stats.held, "baton_kafka_consumer_held_messages",
+                   "Fetched messages held for delivery once the budget or a pause allows.");
   bt_metrics_counter(&c->stats.seek_dropped, "baton_kafka_consumer_seek_dropped_total",
                      "Prefetched messages dropped because a resume's seek refetches them.");
 }

@@ -81,8 +81,9 @@ typedef struct bt_kafka_consumer_config {
   uint32_t stats_interval_ms;      /* broker health and lag refresh; 0 = 1000, at most 60000 */
   uint32_t commit_interval_ms;     /* coalesced commit of stored offsets; 0 = 1000 */
   uint32_t batch_max;              /* most messages per on_batch call; 0 = 100 */
-  uint32_t max_in_flight;          /* delivered, not released messages before fetching
-                                      pauses; 0 = 10000 */
+  uint32_t max_in_flight;          /* delivered, not released messages before delivery
+                                      waits; as many more fetched ones are held meanwhile,
+                                      and fetching pauses once half that many are; 0 = 10000 */
   bt_kafka_batch_cb on_batch;      /* optional: batch delivery instead of the message cb */
   bt_kafka_assign_cb on_assign;    /* optional */
   bt_kafka_revoke_cb on_revoke;    /* optional */
@@ -94,7 +95,10 @@ typedef struct bt_kafka_consumer_stats {
   bt_gauge_t assigned;       /* partitions assigned */
   bt_counter_t delivered;
   bt_counter_t commits;      /* commit requests sent */
-  bt_counter_t budget_pauses;/* times fetching paused for the in-flight budget */
+  bt_gauge_t fetched;        /* messages received from brokers, refetches included
+                                (librdkafka's statistics; 0 before the first report) */
+  bt_gauge_t held;           /* fetched, waiting for the budget or a resume to deliver */
+  bt_counter_t budget_pauses;/* times fetching paused because the held queue filled */
   bt_counter_t seek_dropped; /* prefetched messages dropped while a resume's seek was pending */
 } bt_kafka_consumer_stats_t;
 
@@ -130,9 +134,10 @@ void bt_kafka_consumer_release(bt_kafka_consumer_t *c, const bt_kafka_message_t 
 int bt_kafka_consumer_assign(bt_kafka_consumer_t *c, const bt_kafka_partition_t *parts,
                              size_t n) BT_MUSTCHECK;
 
-/* Stops fetching on every assigned partition (and those assigned later) until resume.
- * Messages fetched but not yet delivered are not delivered; resume fetches them again, from
- * the position after the last delivered message. Idempotent; never blocks. */
+/* Stops delivery on every assigned partition (and those assigned later) until resume.
+ * Messages fetched meanwhile are held (up to max_in_flight, after which fetching pauses) and
+ * delivered after resume, in order, before anything newer; none is delivered twice.
+ * Idempotent; never blocks. */
 void bt_kafka_consumer_pause(bt_kafka_consumer_t *c);
 void bt_kafka_consumer_resume(bt_kafka_consumer_t *c);
 
