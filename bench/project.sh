@@ -17,8 +17,10 @@
 #    the other. events/s = invoice events applied / time from the first applied event to the
 #    last (baton_projector_events_total, polled every 20 ms), so start-up and the group join
 #    are not counted. batches counts sink writes (one per sink per batch).
-#  - Rebuild: the projector has no rebuild yet (versions exist in the schema, no trigger), so
-#    rebuild_events_per_s is null.
+#  - Rebuild: after the both-sinks run has applied every event, the same projector is asked to
+#    rebuild (POST /v1/projections/NAME/rebuild): version 2 is built beside version 1 from the
+#    topic's start, into both sinks. rebuild_events_per_s = invoice events / time from the POST
+#    to the switch (projector.versions shows version 2 live), start-up of the build included.
 #  - Baseline: redis-cli --pipe of one SET per invoice event (a document-sized JSON value,
 #    the projector's own document layout) and COPY of the same number of rows into a table
 #    shaped like the projector's (key, doc jsonb, customer_id, due_date, amount_cents, with the
@@ -147,6 +149,24 @@ run_ours() {
   # run's seconds means it waited, not computed.
   cpu=$(awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$pid/stat")
   batches=$(awk '$1 ~ /^baton_projector_batches_total/ { s += $2 } END { printf "%d", s }' <<<"$out")
+  local rebuild=null
+  if [[ "$name" == inv_both ]]; then
+    # Rebuild speed (see the top): POST, then wait for version 2 to go live.
+    local r0 r1 st deadline2=$(( $(date +%s) + TIMEOUT ))
+    r0=$(now_ns)
+    st=$(curl -sS -o "$tmp/rebuild.json" -w '%{http_code}' -X POST "http://127.0.0.1:$port/v1/projections/$name/rebuild")
+    [[ "$st" == 202 ]] || { echo "rebuild answered $st: $(cat "$tmp/rebuild.json")" >&2; return 1; }
+    until [[ "$("${PSQL[@]}" -c "SELECT count(*) FROM projector.versions WHERE projection = '$name' AND version = 2 AND state = 'live'")" == 1 ]]; do
+      if (($(date +%s) >= deadline2)) || ! kill -0 "$pid" 2>/dev/null; then
+        tail -n 20 "$tmp/projector-$name.log" >&2
+        echo "the rebuild of $name did not switch within ${TIMEOUT}s" >&2
+        return 1
+      fi
+      sleep 0.02
+    done
+    r1=$(now_ns)
+    rebuild=$(awk -v n="$expected" -v d=$((r1 - r0)) 'BEGIN { printf "{\"seconds\":%.3f,\"events_per_s\":%d}", d / 1e9, n / (d / 1e9) }')
+  fi
   if [[ -n "$perf_pid" ]]; then
     kill -INT "$perf_pid"
     wait "$perf_pid" 2>/dev/null || true
@@ -161,12 +181,13 @@ run_ours() {
   nsinks=$(tr -cd , <<<"$sinks" | wc -c)
   nsinks=$((nsinks + 1))
   jq -cn --argjson n "$n" --argjson nf "$n_first" --argjson nsinks "$nsinks" --argjson t0 "$t_first" --argjson t1 "$t_last" \
-    --argjson dl "$dl" --argjson peak "$peak" --arg sinks "$sinks" --argjson batches "$batches" --argjson cpu "$cpu" --argjson pauses "$pauses" --argjson fetched "$fetched" '
+    --argjson dl "$dl" --argjson peak "$peak" --arg sinks "$sinks" --argjson batches "$batches" --argjson cpu "$cpu" --argjson pauses "$pauses" --argjson fetched "$fetched" --argjson rebuild "$rebuild" '
     (($t1 - $t0) / 1e9) as $s |
     {sinks: $sinks, events: $n, seconds: ($s * 1000 | floor / 1000),
      events_per_s: (if $s > 0 then (($n - $nf) / $s | floor) else null end),
      batches: $batches, mean_batch: (if $batches > 0 then ($n * $nsinks / $batches | floor) else null end),
-     cpu_seconds: $cpu, fetch_pauses: $pauses, fetched: $fetched, dead_letters: $dl, peak_rss_kb: $peak}'
+     cpu_seconds: $cpu, fetch_pauses: $pauses, fetched: $fetched, dead_letters: $dl, peak_rss_kb: $peak}
+    + (if $rebuild == null then {} else {rebuild: $rebuild} end)'
 }
 
 # check_sinks NAME REDIS PG: the documents each sink holds at the end, counted directly.
@@ -238,7 +259,7 @@ json=$(jq -cn --argjson both "$both" --argjson redis "$redis_only" --argjson pg 
    ratio: (($both.events_per_s / $base * 1000 | floor) / 1000),
    unit: "invoice events applied per second (both sinks)",
    both: $both, redis_only: $redis, postgres_only: $pg,
-   rebuild_events_per_s: null, rebuild_note: "the projector has no rebuild yet",
+   rebuild_events_per_s: $both.rebuild.events_per_s, rebuild_seconds: $both.rebuild.seconds,
    baseline_detail: {redis_pipe_set_per_s: $rr, pg_copy_rows_per_s: $cr,
      slower: (if $rr < $cr then "redis" else "postgres" end), value_bytes: $db},
    events_generated: $events, invoice_events: $applied, documents_at_end: $docs,

@@ -57,7 +57,9 @@ const bt_config_var_t *projector_config_vars(projector_t *p, size_t *n) {
        "Most events applied by one sink write (one Lua script, one Postgres transaction).",
        &c->batch_max},
       {"BATON_PROJECTOR_MAX_IN_FLIGHT", BT_CFG_INT, "20000", 1, 10000000, 0, NULL,
-       "Fetched events not yet applied, per projection; past it fetching pauses.",
+       "Fetched events not yet applied, per projection; past it delivery waits, half as many "
+       "more are held, librdkafka prefetches at most this many per partition, and fetching "
+       "pauses only if nothing is applied for 1 s (or after 30 s).",
        &c->max_in_flight},
       {"BATON_PROJECTOR_REDIS_MAX_PENDING", BT_CFG_SIZE, "256MiB", 1 << 20, (int64_t)1 << 34, 0,
        NULL, "Bytes of Redis commands awaiting replies.", &c->redis_max_pending_bytes},
