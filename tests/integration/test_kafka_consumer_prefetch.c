@@ -13,6 +13,7 @@
 #include "kafka_consumer.h"
 #include "kafka_producer.h"
 #include "log.h"
+#include "test_kafka_common.h"
 #include "testsupport.h"
 
 #define NMSG 20000
@@ -44,17 +45,6 @@ typedef struct state {
 } state_t;
 
 static state_t st;
-
-static void control_post(const char *path, const char *body) {
-  char url[256];
-  snprintf(url, sizeof url, "%s%s", bt_test_env("BATON_DEVKAFKA_CONTROL"), path);
-  bt_test_http_resp_t resp;
-  assert_int_equal(bt_test_http("POST", url, "Content-Type: application/json\r\n", body,
-                                strlen(body), &resp), 0);
-  if (resp.status != 200)
-    fail_msg("POST %s: %d %s", path, resp.status, resp.body);
-  bt_test_http_free(&resp);
-}
 
 static void on_watchdog(uv_timer_t *t) {
   st.timed_out = true;
@@ -156,9 +146,7 @@ static void on_batch(bt_kafka_consumer_t *c, bt_kafka_message_t *const *msgs, si
 
 static void test_prefetch_kept_across_stops(void **state) {
   snprintf(st.topic, sizeof st.topic, "it-prefetch-%d", (int)getpid());
-  char body[128];
-  snprintf(body, sizeof body, "{\"name\":\"%s\",\"partitions\":%d}", st.topic, NPART);
-  control_post("/topics", body);
+  kt_topic(st.topic, NPART);
   produce_all();
 
   app_start("it_kafka_consumer_prefetch");
