@@ -93,12 +93,7 @@ static inline void pt_teardown(pt_env_t *e) {
 }
 
 static inline void pt_write_def(pt_env_t *e, const char *file, const char *text) {
-  char path[300];
-  snprintf(path, sizeof path, "%s/%s", e->defs, file);
-  FILE *f = fopen(path, "w");
-  assert_non_null(f);
-  fputs(text, f);
-  fclose(f);
+  assert_int_equal(bt_test_write_file(e->defs, file, text), 0);
 }
 
 /* Starts baton-projector with the stack's Redis and Kafka, our database and definitions, and

@@ -271,12 +271,7 @@ static inline void st_stack_init_bare(st_stack_t *st, const char *prefix) {
 
 /* Writes the definition `file` (a name in the definitions directory) with `text`. */
 static inline void st_stack_write_text(st_stack_t *st, const char *file, const char *text) {
-  char path[300];
-  snprintf(path, sizeof path, "%s/%s", st->defs_dir, file);
-  FILE *f = fopen(path, "w");
-  assert_non_null(f);
-  fputs(text, f);
-  fclose(f);
+  assert_int_equal(bt_test_write_file(st->defs_dir, file, text), 0);
 }
 
 /* Creates the database, the topics and the `checkout` definition (see st_stack_write_def). */

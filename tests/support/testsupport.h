@@ -57,6 +57,10 @@ int bt_test_connect(const char *host, int port);
  * returns its exit status. */
 int bt_test_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Writes `text` to dir/file (a definition file, say), replacing it. Returns 0, or -1 with
+ * errno set. */
+int bt_test_write_file(const char *dir, const char *file, const char *text);
+
 /* Milliseconds from CLOCK_MONOTONIC. */
 uint64_t bt_test_now_ms(void);
 
